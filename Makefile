@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when it is missing and
+# (re)install the project only when pyproject.toml changed, so a second run starts in seconds.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint serve screenshots clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch is pinned exactly (torch==2.13.0): the CPU wheel here, the CUDA build on GPU hosts.
+	$(PY) -m pip install -q -e '.[dev]'
+	@if [ -z "$$WORKBENCH_ALLOW_CUDA" ] && ! command -v nvidia-smi >/dev/null && $(PY) -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
+	  echo "CUDA packages were installed on a machine without a GPU; remove .venv and check the torch pin." >&2; exit 1; fi
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) manage.py demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) manage.py makemigrations --check --dry-run
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf var/test-cache .pytest_cache

@@ -1,0 +1,224 @@
+"""Annotation data: projects, prompts, responses, leased assignments, immutable rankings, drafts, snapshots.
+
+Ranking tiers and display orders store Response primary keys (ints), best tier first. A submitted Ranking
+is never updated: a correction is a new Ranking from a new assignment.
+"""
+
+import hashlib
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+K_MIN_LIMIT, K_MAX_LIMIT = 4, 9
+LIKERT_MIN, LIKERT_MAX = 1, 7
+
+# Per-response flags an annotator can set (key → label shown on the page).
+RESPONSE_FLAGS = {
+    "fails_instruction": "Fails the instruction",
+    "harmful": "Harmful or unsafe",
+    "made_up_facts": "Made-up facts",
+    "unhelpful": "Unhelpful",
+    "broken_text": "Broken or unreadable text",
+}
+
+
+def text_hash(text: str) -> str:
+    """Stable key for de-duplicating prompts and responses (whitespace-normalised sha256)."""
+    normalised = " ".join(text.split())
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
+    guidelines_version = models.PositiveIntegerField(
+        default=1, help_text="Bump when the guidelines change; every ranking records the version it saw."
+    )
+    k_min = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(K_MIN_LIMIT), MaxValueValidator(K_MAX_LIMIT)]
+    )
+    k_max = models.PositiveSmallIntegerField(
+        default=9, validators=[MinValueValidator(K_MIN_LIMIT), MaxValueValidator(K_MAX_LIMIT)]
+    )
+    annotators_per_prompt = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)], help_text="How many independent rankings each prompt needs."
+    )
+    lease_minutes = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1)], help_text="How long a task stays reserved for an annotator."
+    )
+    annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="annotation_projects", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(k_min__lte=models.F("k_max")), name="project_k_min_le_k_max"),
+            models.CheckConstraint(
+                condition=Q(k_min__gte=K_MIN_LIMIT) & Q(k_max__lte=K_MAX_LIMIT), name="project_k_within_4_9"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.k_min > self.k_max:
+            raise ValidationError({"k_min": "k_min must not exceed k_max."})
+
+
+class Prompt(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    text = models.TextField()
+    text_hash = models.CharField(max_length=64, editable=False)
+    external_id = models.CharField(max_length=200, blank=True, help_text="The `id` from the imported record.")
+    metadata = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=500, blank=True, help_text="File or API call it came from.")
+    round = models.PositiveIntegerField(default=1, help_text="Annotation round (a new round per new policy).")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "round", "text_hash"], name="prompt_unique_text_per_round")
+        ]
+        indexes = [models.Index(fields=["project", "round"])]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+    def save(self, *args, **kwargs):
+        self.text_hash = text_hash(self.text)
+        super().save(*args, **kwargs)
+
+
+class Response(models.Model):
+    class Origin(models.TextChoices):
+        IMPORTED = "imported", "Imported"
+        MODEL = "model", "Sampled from a model"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    text = models.TextField()
+    text_hash = models.CharField(max_length=64, editable=False)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.IMPORTED)
+    model_path = models.CharField(max_length=500, blank=True, help_text="Model path or hub id it was sampled from.")
+    model_revision = models.CharField(max_length=128, blank=True, help_text="Hub revision or content hash.")
+    sampling_params = models.JSONField(default=dict, blank=True)
+    round = models.PositiveIntegerField(default=1)
+    training_run = models.ForeignKey(
+        "training.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="sampled_responses"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+    def save(self, *args, **kwargs):
+        self.text_hash = text_hash(self.text)
+        super().save(*args, **kwargs)
+
+
+class Assignment(models.Model):
+    """One annotator's lease on one prompt. At most one per (prompt, annotator)."""
+
+    class State(models.TextChoices):
+        LEASED = "leased", "Leased"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Expired"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.LEASED)
+    display_order = models.JSONField(default=list, help_text="Response ids in the order shown to this annotator.")
+    leased_at = models.DateTimeField()
+    lease_expires_at = models.DateTimeField()
+    skip_reason = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-leased_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "annotator"], name="assignment_unique_prompt_annotator")
+        ]
+        indexes = [models.Index(fields=["state", "lease_expires_at"]), models.Index(fields=["annotator", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} · prompt {self.prompt_id} · {self.state}"
+
+
+class Ranking(models.Model):
+    """An immutable ranking of one prompt's responses: tiers of Response ids, best tier first."""
+
+    class Source(models.TextChoices):
+        HUMAN = "human", "Human annotator"
+        SIMULATED = "simulated", "Simulated annotator"
+        IMPORTED = "imported", "Imported"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="rankings")
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.PROTECT, related_name="ranking"
+    )
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="rankings"
+    )
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.HUMAN)
+    source_detail = models.CharField(max_length=500, blank=True, help_text="Where an imported ranking came from.")
+    tiers = models.JSONField(help_text="Lists of Response ids, best tier first; a tier of several is a tie.")
+    display_order = models.JSONField(default=list)
+    ratings = models.JSONField(default=dict, blank=True, help_text="Response id → Likert 1–7.")
+    flags = models.JSONField(default=dict, blank=True, help_text="Response id → list of flag keys.")
+    rationale = models.TextField(blank=True)
+    all_bad = models.BooleanField(default=False)
+    seconds_spent = models.FloatField(default=0)
+    guideline_version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["prompt", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"ranking {self.pk} of prompt {self.prompt_id}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.pop("_allow_update", False):
+            raise ValidationError("A submitted ranking is immutable.")
+        super().save(*args, **kwargs)
+
+
+class Draft(models.Model):
+    """Autosaved partial work on an assignment (tiers, ratings, flags, rationale…), restored on reload."""
+
+    assignment = models.OneToOneField(Assignment, on_delete=models.CASCADE, related_name="draft")
+    state = models.JSONField(default=dict)
+    revision = models.PositiveIntegerField(default=0, help_text="Bumped on every save; stale saves are refused.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"draft of {self.assignment_id}"
+
+
+class DatasetSnapshot(models.Model):
+    """An exported RM dataset on disk (manifest.json beside the data), named by its content hash."""
+
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots")
+    path = models.CharField(max_length=1000)
+    format = models.CharField(max_length=16)
+    params = models.JSONField(default=dict)
+    counts = models.JSONField(default=dict)
+    content_hash = models.CharField(max_length=64, db_index=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.project or 'external'} · {self.content_hash[:12]}"

@@ -1,0 +1,80 @@
+"""Read-only queries for pages and the API: which projects a user sees, and progress figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time
+
+from django.db.models import Count, QuerySet, Sum, Value
+from django.db.models.functions import Least
+from django.utils import timezone
+
+from annotate.models import Project, Prompt, Ranking
+from annotate.services.queue import annotate_prompt_counts, candidate_prompts, member_project_ids
+
+
+def projects_for_user(*, user) -> QuerySet[Project]:
+    """Staff see every project; annotators the projects they belong to."""
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(annotators=user)
+
+
+def is_member(*, user, project: Project) -> bool:
+    return bool(member_project_ids(annotator=user, project=project))
+
+
+def start_of_today(now: datetime | None = None) -> datetime:
+    now = now or timezone.now()
+    local = timezone.localtime(now)
+    return timezone.make_aware(datetime.combine(local.date(), time.min), timezone.get_current_timezone())
+
+
+def done_today(*, annotator, project: Project | None = None, now: datetime | None = None) -> int:
+    qs = Ranking.objects.filter(annotator=annotator, created_at__gte=start_of_today(now))
+    if project is not None:
+        qs = qs.filter(prompt__project=project)
+    return qs.count()
+
+
+@dataclass(frozen=True)
+class ProjectProgress:
+    project: Project
+    prompts: int  # prompts with enough responses to be ranked
+    rankings_needed: int  # prompts × annotators per prompt
+    rankings_done: int  # rankings counted towards that (extra rankings of a prompt are not counted)
+    mine: int  # rankings by this user in the project
+    mine_today: int
+    available_to_me: int  # prompts this user could be given right now
+    is_member: bool
+
+    @property
+    def left(self) -> int:
+        return max(0, self.rankings_needed - self.rankings_done)
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.rankings_done / self.rankings_needed) if self.rankings_needed else 0
+
+
+def project_progress(*, project: Project, user, now: datetime | None = None) -> ProjectProgress:
+    now = now or timezone.now()
+    per_prompt = project.annotators_per_prompt
+    totals = (
+        annotate_prompt_counts(Prompt.objects.filter(project=project), now=now)
+        .filter(n_responses__gte=project.k_min)
+        .aggregate(prompts=Count("pk"), done=Sum(Least("n_rankings", Value(per_prompt))))
+    )
+    member = is_member(user=user, project=project)
+    available = candidate_prompts(annotator=user, project_ids=[project.pk], now=now).count() if member else 0
+    mine = Ranking.objects.filter(prompt__project=project, annotator=user)
+    return ProjectProgress(
+        project=project,
+        prompts=totals["prompts"] or 0,
+        rankings_needed=(totals["prompts"] or 0) * per_prompt,
+        rankings_done=totals["done"] or 0,
+        mine=mine.count(),
+        mine_today=mine.filter(created_at__gte=start_of_today(now)).count(),
+        available_to_me=available,
+        is_member=member,
+    )

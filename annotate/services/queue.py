@@ -1,0 +1,238 @@
+"""The work queue: which prompt an annotator ranks next, leased so that no prompt is ever over-assigned.
+
+A prompt *needs* ``project.annotators_per_prompt`` rankings. Its open slots are
+
+    needed − rankings − live leases of other annotators
+
+where a lease is live while ``state == leased`` and ``lease_expires_at > now``. An expired lease simply stops
+counting, so its slot returns to the pool without any background job.
+
+Concurrency
+-----------
+Every change to a prompt's slot count (a new lease, a late submit after a lease expired) happens while holding
+that prompt's row lock, and the slot count is re-read *after* the lock is taken:
+
+* PostgreSQL: candidates are locked with ``SELECT … FOR NO KEY UPDATE SKIP LOCKED`` so concurrent annotators
+  fan out over different prompts instead of queueing on one (NO KEY: inserting rankings and assignments that
+  reference the prompt is not blocked by the lock, only other leases of it are). When every remaining candidate is locked by someone else
+  the annotator waits for one (plain ``FOR UPDATE``) rather than being told there is no work. Under READ
+  COMMITTED the recount after the lock sees every lease committed before the lock was granted.
+* SQLite: the settings open every transaction with ``BEGIN IMMEDIATE``, so the whole lease transaction is
+  serialised (``select_for_update`` is a no-op there) and the recount is trivially exact.
+
+An annotator's own requests are serialised by locking their user row first (two tabs asking at once get the
+same task). Lock order everywhere: user → assignment → prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from annotate.models import Assignment, Draft, Project, Prompt, Ranking, Response
+from annotate.services.errors import TaskNotFound
+
+LEASED = Assignment.State.LEASED
+FINISHED_STATES = (Assignment.State.SUBMITTED, Assignment.State.SKIPPED)
+
+
+# --- small query helpers ---------------------------------------------------------------------------------
+
+
+def live_lease_q(*, now: datetime, prefix: str = "") -> Q:
+    """Q for live leases; ``prefix`` lets it be used across a relation (``"assignments__"``)."""
+    return Q(**{f"{prefix}state": LEASED, f"{prefix}lease_expires_at__gt": now})
+
+
+def is_lease_live(*, assignment: Assignment, now: datetime | None = None) -> bool:
+    now = now or timezone.now()
+    return assignment.state == LEASED and assignment.lease_expires_at > now
+
+
+def _count_subquery(model, *, now: datetime | None = None, exclude_annotator=None, live_only: bool = False):
+    qs = model.objects.filter(prompt=OuterRef("pk"))
+    if live_only:
+        qs = qs.filter(live_lease_q(now=now))
+    if exclude_annotator is not None:
+        qs = qs.exclude(annotator=exclude_annotator)
+    counted = qs.order_by().values("prompt").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def annotate_prompt_counts(qs: QuerySet[Prompt], *, now: datetime, annotator=None) -> QuerySet[Prompt]:
+    """Add ``n_responses``, ``n_rankings`` and ``n_live_others`` (live leases of annotators other than
+    ``annotator``; all live leases when it is None). Scalar subqueries, so the result can be locked FOR UPDATE
+    (PostgreSQL refuses FOR UPDATE with GROUP BY)."""
+    return qs.annotate(
+        n_responses=_count_subquery(Response),
+        n_rankings=_count_subquery(Ranking),
+        n_live_others=_count_subquery(Assignment, now=now, exclude_annotator=annotator, live_only=True),
+    )
+
+
+def member_project_ids(*, annotator, project: Project | None = None) -> list[int]:
+    """The projects the annotator may take work from (membership, staff included), narrowed to ``project``."""
+    ids = Project.annotators.through.objects.filter(user_id=annotator.pk)
+    if project is not None:
+        ids = ids.filter(project_id=project.pk)
+    return list(ids.values_list("project_id", flat=True))
+
+
+def candidate_prompts(*, annotator, project_ids: list[int], now: datetime) -> QuerySet[Prompt]:
+    """Prompts the annotator could be given now, best first (fewest rankings, oldest round, lowest id).
+
+    Offered: enough responses (``k_min``), open slots, and not already ranked or skipped by this annotator.
+    """
+    finished_by_me = Assignment.objects.filter(prompt=OuterRef("pk"), annotator=annotator, state__in=FINISHED_STATES)
+    ranked_by_me = Ranking.objects.filter(prompt=OuterRef("pk"), annotator=annotator)
+    return (
+        annotate_prompt_counts(Prompt.objects.filter(project_id__in=project_ids), now=now, annotator=annotator)
+        .filter(n_responses__gte=F("project__k_min"))
+        .alias(n_taken=F("n_rankings") + F("n_live_others"))
+        .filter(n_taken__lt=F("project__annotators_per_prompt"))
+        .exclude(Exists(finished_by_me))
+        .exclude(Exists(ranked_by_me))
+        .order_by("n_rankings", "round", "pk")
+    )
+
+
+def open_slots(*, prompt: Prompt, annotator, now: datetime) -> int:
+    """Rankings the prompt still needs, not counting the annotator's own lease. Read fresh from the database;
+    call it while holding the prompt's row lock."""
+    needed = Project.objects.values_list("annotators_per_prompt", flat=True).get(pk=prompt.project_id)
+    rankings = Ranking.objects.filter(prompt_id=prompt.pk).count()
+    others = (
+        Assignment.objects.filter(prompt_id=prompt.pk).filter(live_lease_q(now=now)).exclude(annotator=annotator).count()
+    )
+    return needed - rankings - others
+
+
+def lock_prompt(*, prompt_id: int) -> Prompt:
+    return Prompt.objects.select_for_update(of=("self",), no_key=True).get(pk=prompt_id)
+
+
+def lock_user(*, user) -> None:
+    """Serialise one annotator's own queue operations (no-op on SQLite, where writes are serialised anyway)."""
+    list(get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk", flat=True))
+
+
+# --- display order --------------------------------------------------------------------------------------------
+
+
+def display_order_for(*, prompt_id: int, annotator_id: int, response_ids: list[int], k_max: int) -> list[int]:
+    """The order one annotator sees a prompt's responses in: a shuffle seeded by (prompt, annotator), so it
+    differs between annotators (no position bias shared by all) but is reproducible. A prompt with more than
+    ``k_max`` responses shows a seeded sample of ``k_max`` of them."""
+    rng = random.Random(f"display-order:{prompt_id}:{annotator_id}")
+    ids = sorted(response_ids)
+    if len(ids) > k_max:
+        ids = sorted(rng.sample(ids, k_max))
+    rng.shuffle(ids)
+    return ids
+
+
+# --- leasing ----------------------------------------------------------------------------------------------------
+
+
+def _grant(*, prompt: Prompt, project: Project, annotator, now: datetime) -> Assignment:
+    lease_until = now + timedelta(minutes=project.lease_minutes)
+    response_ids = list(Response.objects.filter(prompt_id=prompt.pk).values_list("pk", flat=True))
+    assignment = Assignment.objects.filter(prompt_id=prompt.pk, annotator=annotator).first()
+    if assignment is None:
+        order = display_order_for(
+            prompt_id=prompt.pk, annotator_id=annotator.pk, response_ids=response_ids, k_max=project.k_max
+        )
+        return Assignment.objects.create(
+            prompt=prompt,
+            annotator=annotator,
+            state=LEASED,
+            display_order=order,
+            leased_at=now,
+            lease_expires_at=lease_until,
+        )
+    # The annotator's own expired lease on this prompt: same row, same display order, so their draft still fits,
+    # unless the prompt's responses changed underneath it.
+    if not assignment.display_order or not set(assignment.display_order) <= set(response_ids):
+        assignment.display_order = display_order_for(
+            prompt_id=prompt.pk, annotator_id=annotator.pk, response_ids=response_ids, k_max=project.k_max
+        )
+        Draft.objects.filter(assignment=assignment).delete()
+    assignment.state = LEASED
+    assignment.leased_at = now
+    assignment.lease_expires_at = lease_until
+    assignment.finished_at = None
+    assignment.save(update_fields=["state", "display_order", "leased_at", "lease_expires_at", "finished_at"])
+    return assignment
+
+
+def lease_next_task(*, annotator, project: Project | None = None, now: datetime | None = None) -> Assignment | None:
+    """Give the annotator their next task (an Assignment holding a live lease), or None when nothing needs them.
+
+    1. A live lease they already hold (in ``project`` when given) comes back unchanged: resume.
+    2. Otherwise their own expired task with a saved draft comes back if its slot is still free (work in
+       progress is not thrown away).
+    3. Otherwise the best candidate prompt (see `candidate_prompts`) is locked, its open slots recounted under
+       the lock, and leased.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        lock_user(user=annotator)
+        project_ids = member_project_ids(annotator=annotator, project=project)
+        if not project_ids:
+            return None
+        mine = Assignment.objects.filter(annotator=annotator, prompt__project_id__in=project_ids)
+
+        # 1. resume a live lease
+        live = mine.filter(live_lease_q(now=now)).order_by("leased_at", "pk").first()
+        if live is not None:
+            return live
+        # Own leases that ran out are marked so in the admin; counting never relied on it.
+        Assignment.objects.filter(annotator=annotator, state=LEASED, lease_expires_at__lte=now).update(
+            state=Assignment.State.EXPIRED
+        )
+        projects = {p.pk: p for p in Project.objects.filter(pk__in=project_ids)}
+
+        # 2. resume expired work in progress
+        in_progress = mine.filter(state=Assignment.State.EXPIRED, draft__isnull=False).order_by("leased_at", "pk")
+        for assignment in in_progress:
+            prompt = lock_prompt(prompt_id=assignment.prompt_id)
+            if open_slots(prompt=prompt, annotator=annotator, now=now) > 0:
+                return _grant(prompt=prompt, project=projects[prompt.project_id], annotator=annotator, now=now)
+
+        # 3. the best candidate that still has a slot once locked
+        tried: list[int] = []
+        while True:
+            candidates = candidate_prompts(annotator=annotator, project_ids=project_ids, now=now).exclude(pk__in=tried)
+            prompt = candidates.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
+            if prompt is None:
+                # Everything left is locked by annotators being leased right now: wait for one rather than
+                # report "no work" while work exists (lease transactions are short).
+                prompt = candidates.select_for_update(of=("self",), no_key=True).first()
+                if prompt is None:
+                    return None
+            if open_slots(prompt=prompt, annotator=annotator, now=now) > 0:
+                return _grant(prompt=prompt, project=projects[prompt.project_id], annotator=annotator, now=now)
+            tried.append(prompt.pk)
+
+
+def get_assignment(*, annotator, assignment_id: int) -> Assignment:
+    """The annotator's own assignment; anybody else's (or a missing one) is `TaskNotFound`."""
+    assignment = (
+        Assignment.objects.select_related("prompt", "prompt__project")
+        .filter(pk=assignment_id, annotator_id=annotator.pk)
+        .first()
+    )
+    if assignment is None:
+        raise TaskNotFound(f"Task {assignment_id} does not exist or is not yours.")
+    return assignment
+
+
+def responses_in_display_order(*, assignment: Assignment) -> list[Response]:
+    by_id = Response.objects.in_bulk(assignment.display_order)
+    return [by_id[i] for i in assignment.display_order if i in by_id]

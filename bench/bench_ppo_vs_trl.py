@@ -1,0 +1,521 @@
+"""Benchmark: this project's PPO trainer vs TRL's last PPO (`trl==1.12.0`, `trl.experimental.ppo.PPOTrainer`).
+
+Both train the same tiny demo policy against the same reward model on the same demo prompts with the same
+settings — rollout batch, response length, PPO epochs, mini-batches (one optimizer step per mini-batch),
+temperature, β (fixed, k1), clip ranges, vf coefficient, γ, λ, missing-EOS penalty, learning rate (TRL has one
+for policy and value: ours gets the same for both) — and report:
+
+- seconds per PPO iteration (rollout + optimisation, model loading excluded), and rollout tokens/s
+  (generated tokens up to EOS over the time spent in generation);
+- reward gained per iteration: the slope of the rollouts' mean RM score over the iterations, and the change of
+  the held-out RM score and demo-oracle score from the starting policy to the final one, divided by the
+  iterations (the same evaluation, in this process, for both final policies: seeded samples of the held-out
+  demo prompts, scored by the project's reward model and the oracle);
+- the ratios (this trainer / TRL).
+
+TRL runs in a separate virtualenv the benchmark creates (var/bench-venv: `pip install trl==1.12.0
+torch==2.13.0`; torch pinned exactly so no CUDA packages come with it), through a runner script written
+next to the results; the reward model is handed over as a backbone + score-head file (calibration folded into
+the head), wrapped the way TRL's `get_reward` expects (`base_model_prefix`, `.score`).
+
+    python bench/bench_ppo_vs_trl.py                     # tiny demo model, 20 iterations each
+    python bench/bench_ppo_vs_trl.py --iterations 40 --update-results
+    python bench/bench_ppo_vs_trl.py --skip-trl          # only this trainer
+
+Differences that remain (documented in RESULTS.md): TRL decays the learning rate linearly without warm-up (ours:
+the same peak, cosine, no warm-up here); TRL takes rollout log-probs from generate's scores and puts the score
+one token after EOS; ours recomputes them with a forward pass and puts the score on the EOS token.
+Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+RESULTS_FILE = REPO_ROOT / "bench" / "RESULTS.md"
+SECTION = "## PPO: this trainer vs TRL 1.12"
+DEFAULT_VENV = REPO_ROOT / "var" / "bench-venv"
+TRL_REQUIREMENTS = ("trl==1.12.0", "torch==2.13.0")
+CACHE = Path(os.environ.get("WORKBENCH_TEST_CACHE", REPO_ROOT / "var" / "test-cache"))
+
+
+# --- inputs: tiny model, reward model, prompts --------------------------------------------------------------
+
+
+def ensure_tiny_model(path: Path | None) -> Path:
+    from training.rlhf.tiny_model import build_tiny_model
+
+    if path is not None:
+        return path
+    out = CACHE / "tiny-model"
+    build_tiny_model(out)
+    return out
+
+
+def ensure_reward_model(path: Path | None, policy: Path, work: Path) -> Path:
+    """The given RM, else the newest demo RM cached by the tests (tests/rlhf/conftest.py), else one trained here
+    with the same recipe: K=4 samples of the tiny policy for 160 demo prompts, ranked by a simulated annotator
+    (agreement 0.73), 2 epochs of train_rm with held-out calibration."""
+    if path is not None:
+        return path
+    cached = sorted(CACHE.glob("demo-rm-*/model/reward_model.json"), key=lambda p: p.stat().st_mtime)
+    if cached:
+        return cached[-1].parent
+    from training.rlhf.demo_task import DEMO_TASK, SimulatedAnnotator, demo_prompts
+    from training.rlhf.reporter import NullReporter
+    from training.rlhf.rm_config import RewardModelConfig
+    from training.rlhf.rm_trainer import train_reward_model
+    from training.rlhf.sampling import SamplingParams, load_policy, policy_generator, sample_distinct
+
+    print("training a demo reward model (a few minutes)…", flush=True)
+    prompts = list(dict.fromkeys(demo_prompts(n=160, seed=0, split="train") + demo_prompts(n=40, seed=0, split="test")))
+    loaded = load_policy(policy, device="cpu", dtype=torch.float32)
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=40, batch_size=64)
+    sampled = sample_distinct(prompts, k=4, generate=policy_generator(loaded, params), seed=0).responses
+    annotator = SimulatedAnnotator(agreement=0.73, seed=0)
+    test = set(demo_prompts(n=40, seed=0, split="test"))
+    rows = {"train": [], "test": []}
+    for i, (prompt, texts) in enumerate(zip(prompts, sampled)):
+        if len(texts) >= 2:
+            rows["test" if prompt in test else "train"].append({
+                "prompt_id": f"demo-{i}", "prompt": prompt, "responses": list(texts),
+                "ranking": annotator.rank(prompt, texts), "annotator": annotator.name, "metadata": {"task": DEMO_TASK},
+            })
+    for split, records in rows.items():
+        file = work / "rm-data" / "kwise" / f"{split}.jsonl"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    config = RewardModelConfig(model=str(policy), dataset=str(work / "rm-data"), output_dir=str(work / "rm"),
+                               epochs=2, batch_size=8, learning_rate=3e-4, warmup_ratio=0.05, max_length=128,
+                               checkpoint_every=0, seed=0)
+    train_reward_model(config, reporter=NullReporter())
+    return work / "rm"
+
+
+def write_prompts(work: Path) -> tuple[Path, list[str]]:
+    from training.rlhf.demo_task import DEMO_TASK, demo_prompts
+
+    train = demo_prompts(n=96, seed=0, split="train")
+    path = work / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "metadata": {"task": DEMO_TASK}}) + "\n" for p in train),
+                    encoding="utf-8")
+    return path, demo_prompts(n=24, seed=0, split="test")
+
+
+# --- this trainer --------------------------------------------------------------------------------------------
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.metrics: dict[int, dict[str, float]] = {}
+
+    def on_metrics(self, step, metrics):
+        self.metrics[step] = dict(metrics)
+
+    def on_samples(self, step, samples):
+        pass
+
+    def on_checkpoint(self, step, path):
+        pass
+
+    def on_evaluation(self, results):
+        pass
+
+    def on_log(self, message):
+        pass
+
+    def should_stop(self):
+        return False
+
+
+def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str, Any]:
+    from training.rlhf.ppo_config import PPOConfig
+    from training.rlhf.ppo_trainer import train_ppo
+
+    config = PPOConfig(
+        policy=str(policy), reward_model=str(rm), prompts=str(prompts), output_dir=str(out), seed=args.seed,
+        iterations=args.iterations, rollout_batch_size=args.rollout_batch_size, mini_batch_size=args.mini_batch_size,
+        micro_batch_size=args.mini_batch_size, inference_batch_size=args.rollout_batch_size,
+        ppo_epochs=args.ppo_epochs, response_length=args.response_length, temperature=1.0, top_p=1.0,
+        missing_eos_penalty=args.missing_eos_penalty, kl_estimator="k1", init_kl_coef=args.kl_coef, kl_target=0.0,
+        cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, lr=args.lr, critic_lr=args.lr,
+        warmup_ratio=0.0, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=args.max_grad_norm, evaluate=False,
+        eval_fraction=0.0, checkpoint_every=0, sample_every=0, cpu=True, bf16="false",
+    )
+    reporter = _Collect()
+    started = time.perf_counter()
+    train_ppo(config, reporter=reporter)
+    total = time.perf_counter() - started
+    steps = [reporter.metrics[i] for i in sorted(reporter.metrics)]
+    generated = sum(m["tokens_per_s"] * m["rollout_s"] for m in steps)
+    return {
+        "iteration_s": [m["iteration_s"] for m in steps],
+        "rm_score": [m["score"] for m in steps],  # RM score − missing-EOS penalty, as TRL's objective/scores
+        "kl": [m["kl"] for m in steps],
+        "rollout_tokens_per_s": generated / sum(m["rollout_s"] for m in steps),
+        "total_s": total,
+        "policy_dir": str(out / "policy"),
+    }
+
+
+# --- TRL in its own virtualenv --------------------------------------------------------------------------------
+
+TRL_RUNNER = '''
+"""Runs trl.experimental.ppo.PPOTrainer (in the benchmark's virtualenv) and writes timings and scores."""
+import json, sys, time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+torch.set_num_threads(spec["threads"])
+import datasets
+import trl
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+from trl.experimental.ppo import ppo_trainer as ppo_module
+
+
+class ScalarModel(nn.Module):
+    """Backbone + linear score on every position: what TRL's get_reward reads (base_model_prefix, .score)."""
+
+    base_model_prefix = "transformer"
+
+    def __init__(self, backbone_dir, head_file):
+        super().__init__()
+        self.transformer = AutoModel.from_pretrained(backbone_dir)
+        head = load_file(head_file)
+        self.score = nn.Linear(head["weight"].shape[1], 1)
+        self.score.load_state_dict(head)
+        self.config = self.transformer.config
+
+
+tokenizer = AutoTokenizer.from_pretrained(spec["policy"])
+tokenizer.padding_side = "left"
+policy = AutoModelForCausalLM.from_pretrained(spec["policy"])
+reference = AutoModelForCausalLM.from_pretrained(spec["policy"])
+reward_model = ScalarModel(spec["rm_backbone"], spec["rm_head"])
+value_model = ScalarModel(spec["rm_backbone"], spec["value_head"])
+prompts = [json.loads(line)["prompt"] for line in Path(spec["prompts"]).read_text().splitlines() if line.strip()]
+dataset = datasets.Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in prompts]})
+
+timing = {"generate_s": 0.0, "tokens": 0}
+original_generation = ppo_module.batch_generation
+
+
+def timed_generation(model, queries, batch_size, pad_token_id, generation_config):
+    started = time.perf_counter()
+    query_responses, logits = original_generation(model, queries, batch_size, pad_token_id, generation_config)
+    timing["generate_s"] += time.perf_counter() - started
+    responses = query_responses[:, queries.shape[1]:]
+    eos = responses == tokenizer.eos_token_id
+    first = torch.where(eos.any(1), eos.float().argmax(1) + 1, torch.full_like(eos[:, 0], responses.shape[1], dtype=torch.long))
+    timing["tokens"] += int(first.sum())
+    return query_responses, logits
+
+
+ppo_module.batch_generation = timed_generation
+config = PPOConfig(
+    output_dir=spec["out"], per_device_train_batch_size=spec["rollout_batch_size"], gradient_accumulation_steps=1,
+    num_mini_batches=spec["rollout_batch_size"] // spec["mini_batch_size"],
+    local_rollout_forward_batch_size=spec["rollout_batch_size"], num_ppo_epochs=spec["ppo_epochs"],
+    response_length=spec["response_length"], total_episodes=spec["rollout_batch_size"] * spec["iterations"],
+    temperature=1.0, kl_coef=spec["kl_coef"], kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
+    gamma=1.0, lam=0.95, whiten_rewards=False, missing_eos_penalty=spec["missing_eos_penalty"], stop_token="eos",
+    learning_rate=spec["lr"], max_grad_norm=spec["max_grad_norm"], num_sample_generations=0, report_to="none",
+    logging_steps=1, save_strategy="no", seed=spec["seed"], bf16=False, use_cpu=True, disable_tqdm=True,
+)
+trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=reference,
+                     reward_model=reward_model, value_model=value_model, train_dataset=dataset)
+logged = []
+original_log = trainer.log
+
+
+def log(metrics, *a, **k):
+    logged.append({"time": time.perf_counter(), **metrics})
+    return original_log(metrics, *a, **k)
+
+
+trainer.log = log
+started = time.perf_counter()
+trainer.train()
+total = time.perf_counter() - started
+trainer.save_model(spec["out"] + "/policy")
+tokenizer.save_pretrained(spec["out"] + "/policy")
+times = [started] + [m["time"] for m in logged]
+result = {
+    "trl_version": trl.__version__,
+    "iteration_s": [b - a for a, b in zip(times, times[1:])],
+    "rm_score": [m["objective/scores"] for m in logged],
+    "kl": [m["objective/kl"] for m in logged],
+    "rollout_tokens_per_s": timing["tokens"] / max(timing["generate_s"], 1e-9),
+    "total_s": total,
+    "policy_dir": spec["out"] + "/policy",
+}
+Path(spec["result"]).write_text(json.dumps(result))
+'''
+
+
+def ensure_venv(venv: Path) -> Path:
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import trl, sys; from trl.experimental.ppo import PPOTrainer; print(trl.__version__)"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python
+    print(f"creating {venv} with {' '.join(TRL_REQUIREMENTS)} (a few minutes)…", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *TRL_REQUIREMENTS], check=True)
+    check = subprocess.run(probe, capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"TRL is not importable in {venv}:\n{check.stderr[-2000:]}")
+    return python
+
+
+def export_for_trl(rm_dir: Path, work: Path) -> dict[str, str]:
+    """The RM as TRL reads it: a plain backbone directory and score/value heads with the calibration folded in
+    (gain·(w·h + b) + bias = (gain·w)·h + (gain·b + bias)); the value head starts as the raw RM head, as ours."""
+    from safetensors.torch import save_file
+
+    from training.rlhf.policy import is_peft_model
+    from training.rlhf.reward_model import RewardModel
+
+    rm = RewardModel.from_pretrained(rm_dir)
+    backbone = rm.backbone.merge_and_unload() if is_peft_model(rm.backbone) else rm.backbone
+    backbone.save_pretrained(work / "trl-rm-backbone")
+    weight, bias = rm.score_head.weight.detach().float(), rm.score_head.bias.detach().float()
+    gain, shift = rm.calibration.gain, rm.calibration.bias
+    save_file({"weight": (weight * gain).contiguous(), "bias": (bias * gain + shift).contiguous()},
+              str(work / "trl-rm-head.safetensors"))
+    save_file({"weight": weight.contiguous(), "bias": bias.contiguous()}, str(work / "trl-value-head.safetensors"))
+    return {"rm_backbone": str(work / "trl-rm-backbone"), "rm_head": str(work / "trl-rm-head.safetensors"),
+            "value_head": str(work / "trl-value-head.safetensors")}
+
+
+def run_trl(args, python: Path, policy: Path, rm: Path, prompts: Path, work: Path) -> dict[str, Any]:
+    spec = {
+        "policy": str(policy), "prompts": str(prompts), "out": str(work / "trl-out"), "result": str(work / "trl.json"),
+        "iterations": args.iterations, "rollout_batch_size": args.rollout_batch_size,
+        "mini_batch_size": args.mini_batch_size, "ppo_epochs": args.ppo_epochs, "response_length": args.response_length,
+        "kl_coef": args.kl_coef, "missing_eos_penalty": args.missing_eos_penalty, "lr": args.lr,
+        "max_grad_norm": args.max_grad_norm, "seed": args.seed, "threads": args.threads,
+        **export_for_trl(rm, work),
+    }
+    (work / "trl-spec.json").write_text(json.dumps(spec))
+    (work / "trl_runner.py").write_text(textwrap.dedent(TRL_RUNNER))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([str(python), str(work / "trl_runner.py"), str(work / "trl-spec.json")], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the TRL run failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads((work / "trl.json").read_text())
+
+
+# --- one evaluation for every policy ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(policy_dir: Path, start_dir: Path, rm_dir: Path, prompts: list[str], *, response_length: int,
+             seed: int, samples: int = 4) -> dict[str, float]:
+    """Seeded samples (T = 1) of the held-out prompts: mean calibrated RM score, demo-oracle score, KL to the
+    starting policy (Σ_t k1 per response) and response length."""
+    from transformers import AutoModelForCausalLM
+
+    from training.rlhf.demo_task import oracle_score
+    from training.rlhf.policy import load_policy_tokenizer
+    from training.rlhf.reward_model import RewardModel
+    from training.rlhf.rollout import (
+        generate_responses,
+        join_prompt_response,
+        response_logprobs,
+        truncate_after_stop,
+    )
+    from training.rlhf.sampling import encode_prompts, left_pad
+
+    tokenizer = load_policy_tokenizer(str(policy_dir))
+    model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    start = AutoModelForCausalLM.from_pretrained(start_dir).eval()
+    rm = RewardModel.from_pretrained(rm_dir)
+    texts = [p for p in prompts for _ in range(samples)]
+    ids, mask = left_pad(encode_prompts(tokenizer, texts), tokenizer.pad_token_id)
+    raw = generate_responses(model, ids, mask, max_new_tokens=response_length, temperature=1.0, top_p=1.0,
+                             stop_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id,
+                             batch_size=64, generator_seed=seed)
+    response_ids, response_mask, has_stop = truncate_after_stop(raw, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    sequences = join_prompt_response(ids, mask, response_ids, response_mask)
+    kl = ((response_logprobs(model, sequences, temperature=1.0)[0]
+           - response_logprobs(start, sequences, temperature=1.0)[0]) * response_mask).sum(1)
+    lengths = response_mask.sum(1)
+    responses = [tokenizer.decode(response_ids[b, : int(lengths[b]) - int(has_stop[b])].tolist(),
+                                  skip_special_tokens=True) for b in range(len(texts))]
+    scores = rm.score_texts(texts, responses)
+    return {
+        "rm_score": sum(scores) / len(scores),
+        "oracle_score": sum(oracle_score(p, r) for p, r in zip(texts, responses)) / len(texts),
+        "kl": float(kl.mean()),
+        "response_length": float(lengths.float().mean()),
+        "eos_rate": float(has_stop.float().mean()),
+    }
+
+
+def slope(values: list[float]) -> float:
+    """Least-squares slope of values against 1, 2, … (per iteration)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    xs = range(1, n + 1)
+    mx, my = (n + 1) / 2, sum(values) / n
+    return sum((x - mx) * (y - my) for x, y in zip(xs, values)) / sum((x - mx) ** 2 for x in xs)
+
+
+def summarise(name: str, run: dict[str, Any], evaluation: dict[str, float], start: dict[str, float],
+              iterations: int) -> dict[str, Any]:
+    steady = run["iteration_s"][1:] or run["iteration_s"]  # the first iteration carries one-off warm-up
+    return {
+        "name": name,
+        "s_per_iteration": sum(steady) / len(steady),
+        "rollout_tokens_per_s": run["rollout_tokens_per_s"],
+        "rm_score_slope": slope(run["rm_score"]),
+        "heldout_rm_gain_per_iteration": (evaluation["rm_score"] - start["rm_score"]) / iterations,
+        "heldout_oracle_gain_per_iteration": (evaluation["oracle_score"] - start["oracle_score"]) / iterations,
+        "evaluation": evaluation,
+        "rm_score_curve": run["rm_score"],
+        "kl_curve": run["kl"],
+    }
+
+
+def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str, Any] | None,
+             trl_error: str | None, environment: str) -> str:
+    lines = [SECTION, "",
+             f"Same tiny demo policy, reward model and {args.iterations} iterations each: rollout batch "
+             f"{args.rollout_batch_size}, {args.rollout_batch_size // args.mini_batch_size} mini-batches of "
+             f"{args.mini_batch_size} (one optimizer step each), {args.ppo_epochs} PPO epochs, responses ≤ "
+             f"{args.response_length} tokens, T = 1, β = {args.kl_coef} (k1, fixed), lr {args.lr} for policy and "
+             f"value, clip 0.2/0.2, vf_coef 0.1, γ = 1, λ = 0.95, missing-EOS penalty {args.missing_eos_penalty}. "
+             f"{environment}. `python bench/bench_ppo_vs_trl.py --iterations {args.iterations} --update-results`.",
+             ""]
+    rows = [("seconds per PPO iteration", "s_per_iteration", "{:.3f}", True),
+            ("rollout tokens/s", "rollout_tokens_per_s", "{:.0f}", False),
+            ("RM score gained per iteration (slope of rollout scores)", "rm_score_slope", "{:+.4f}", False),
+            ("held-out RM score gained per iteration", "heldout_rm_gain_per_iteration", "{:+.4f}", False),
+            ("held-out oracle score gained per iteration", "heldout_oracle_gain_per_iteration", "{:+.4f}", False)]
+    if trl is not None:
+        lines += ["| | this trainer | TRL 1.12 | ratio (this / TRL) |", "|---|---:|---:|---:|"]
+        for label, key, fmt, lower_better in rows:
+            a, b = ours[key], trl[key]
+            ratio = a / b if b not in (0, 0.0) and math.isfinite(b) else float("nan")
+            note = " (lower is better)" if lower_better else ""
+            lines.append(f"| {label}{note} | {fmt.format(a)} | {fmt.format(b)} | {ratio:.2f} |")
+    else:
+        lines += ["| | this trainer |", "|---|---:|"]
+        for label, key, fmt, _ in rows:
+            lines.append(f"| {label} | {fmt.format(ours[key])} |")
+        lines += ["", f"TRL could not run here: {trl_error}"]
+    lines += ["", "Held-out evaluation (24 demo test prompts × 4 seeded samples, scored in one place):", "",
+              "| policy | RM score | oracle score | KL to start | length | EOS rate |", "|---|---:|---:|---:|---:|---:|"]
+    for name, ev in [("start", start), ("this trainer", ours["evaluation"])] + (
+            [("TRL 1.12", trl["evaluation"])] if trl is not None else []):
+        lines.append(f"| {name} | {ev['rm_score']:+.3f} | {ev['oracle_score']:+.3f} | {ev['kl']:.2f} | "
+                     f"{ev['response_length']:.1f} | {ev['eos_rate']:.2f} |")
+    curve = ", ".join(f"{v:+.2f}" for v in ours["rm_score_curve"])
+    lines += ["", f"Rollout RM score per iteration, this trainer: {curve}."]
+    if trl is not None:
+        lines.append(f"Rollout RM score per iteration, TRL: {', '.join(f'{v:+.2f}' for v in trl['rm_score_curve'])}.")
+    lines += ["", "Remaining differences: TRL's learning rate decays linearly (ours: cosine, both without warm-up); "
+              "TRL takes the rollout log-probs from generate's scores and places the score one token after EOS; "
+              "ours recomputes log-probs with a forward pass (the same code path as the update) and scores the EOS "
+              "token.", ""]
+    return "\n".join(lines)
+
+
+def update_results(section: str) -> None:
+    text = RESULTS_FILE.read_text(encoding="utf-8") if RESULTS_FILE.exists() else "# Benchmark results\n\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        following = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[following + 1 :] if following != -1 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    RESULTS_FILE.write_text(text.rstrip() + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="Policy directory (default: the cached tiny demo model).")
+    parser.add_argument("--reward-model", type=Path, help="Reward-model directory (default: the cached demo RM).")
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--rollout-batch-size", type=int, default=64)
+    parser.add_argument("--mini-batch-size", type=int, default=16)
+    parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--response-length", type=int, default=24)
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both trainers.")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--work", type=Path, help="Working directory (default: a temporary one).")
+    parser.add_argument("--update-results", action="store_true", help=f"Rewrite '{SECTION}' in bench/RESULTS.md.")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-ppo-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    policy = ensure_tiny_model(args.model)
+    rm = ensure_reward_model(args.reward_model, policy, work)
+    prompts, heldout = write_prompts(work)
+    environment = (f"CPU ({platform.processor() or platform.machine()}, {args.threads} torch thread(s)), "
+                   f"torch {torch.__version__}")
+    start = evaluate(policy, policy, rm, heldout, response_length=args.response_length, seed=args.seed + 1)
+
+    print("running this trainer…", flush=True)
+    ours_run = run_ours(args, policy, rm, prompts, work / "ours")
+    ours = summarise("this trainer", ours_run, evaluate(Path(ours_run["policy_dir"]), policy, rm, heldout,
+                                                        response_length=args.response_length, seed=args.seed + 1),
+                     start, args.iterations)
+    trl, trl_error = None, None
+    if not args.skip_trl:
+        try:
+            python = ensure_venv(args.venv)
+            print("running TRL…", flush=True)
+            trl_run = run_trl(args, python, policy, rm, prompts, work)
+            trl = summarise("TRL", trl_run, evaluate(Path(trl_run["policy_dir"]), policy, rm, heldout,
+                                                     response_length=args.response_length, seed=args.seed + 1),
+                            start, args.iterations)
+            trl["version"] = trl_run.get("trl_version")
+        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+            trl_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            print(f"TRL could not run: {exc}", file=sys.stderr)
+    else:
+        trl_error = "skipped (--skip-trl)"
+    section = markdown(args, start, ours, trl, trl_error, environment)
+    print(section)
+    (work / "results.json").write_text(json.dumps({"start": start, "ours": ours, "trl": trl, "trl_error": trl_error},
+                                                  indent=2))
+    if args.update_results:
+        update_results(section)
+        print(f"updated {RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""The worker with the real trainer: `manage.py train_rm --run-id N` on the tiny model and a tiny K-wise
+dataset. A crash (missing data) ends failed with the trainer's traceback; a cancel stops at the next step with
+a checkpoint, and resuming continues from that checkpoint in the same directory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tests.training.helpers import write_kwise_snapshot
+from training import jobs, tasks
+from training.models import Checkpoint, Metric, TrainingRun
+from training.rlhf.rm_config import RewardModelConfig
+from training.services import request_cancel
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def rm_config(roots_in_tmp, tiny_model_dir):
+    dataset = roots_in_tmp["data"] / "snap"
+    write_kwise_snapshot(dataset, train=32, test=8)
+
+    def make(**overrides) -> RewardModelConfig:
+        values = {"model": str(tiny_model_dir), "dataset": str(dataset), "output_dir": "pending", "batch_size": 2,
+                  "learning_rate": 1e-3, "log_every": 1, "checkpoint_every": 0, **overrides}
+        return RewardModelConfig(**values)
+
+    return make
+
+
+def test_a_crashing_trainer_leaves_its_traceback_on_the_run(rm_config, roots_in_tmp):
+    config = rm_config(dataset=str(roots_in_tmp["data"] / "gone"), max_steps=2)
+    run = jobs.launch_run(kind=TrainingRun.Kind.RM, config=config)
+    tasks.execute_training_run.call(run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert run.exit_code == 1
+    assert "Traceback (most recent call last)" in run.error and "gone" in run.error
+    assert "CommandError" in Path(run.log_path).read_text()  # the command's one-line summary in the log
+
+
+def test_cancel_stops_with_a_checkpoint_and_resume_continues_from_it(rm_config):
+    run = jobs.launch_run(kind=TrainingRun.Kind.RM, config=rm_config(epochs=40))  # 640 steps: far from done
+
+    def cancel_after_a_few_steps():
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if Metric.objects.filter(run=run, name="loss", step__gte=3).exists():
+                    request_cancel(run=TrainingRun.objects.get(pk=run.pk))
+                    return
+                time.sleep(0.2)
+        finally:
+            connection.close()
+
+    canceller = threading.Thread(target=cancel_after_a_few_steps, daemon=True)
+    canceller.start()
+    tasks.execute_training_run.call(run.pk)
+    canceller.join(timeout=10)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED, run.error
+    checkpoint = Checkpoint.objects.get(run=run)
+    assert Path(checkpoint.path, "trainer_state.json").is_file()
+    stopped_at = checkpoint.step
+    assert 3 <= stopped_at < 640
+    assert max(Metric.objects.filter(run=run, name="loss").values_list("step", flat=True)) == stopped_at
+
+    resumed = jobs.resume_run(run=run)
+    assert resumed.config["resume"] == "last" and resumed.output_dir == run.output_dir
+    # Shorten the rest of the schedule so the test ends soon: stop a few steps after the checkpoint.
+    TrainingRun.objects.filter(pk=resumed.pk).update(config={**resumed.config, "max_steps": stopped_at + 2})
+    tasks.execute_training_run.call(resumed.pk)
+    resumed.refresh_from_db()
+    assert resumed.status == TrainingRun.Status.SUCCEEDED, resumed.error
+    steps = sorted(Metric.objects.filter(run=resumed, name="loss").values_list("step", flat=True))
+    assert steps == [stopped_at + 1, stopped_at + 2]  # continued, not restarted
+    assert Path(resumed.output_dir, "reward_model.json").is_file()

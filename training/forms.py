@@ -1,0 +1,464 @@
+"""Launch forms, generated from the trainers' config dataclasses.
+
+Every option of `RewardModelConfig` / `PPOConfig` becomes a form field with the dataclass default as its
+initial value, the field's help text, its type (bool → checkbox, int/float → number, choices → select,
+lists → comma-separated text) and `None` for an empty optional value. Validation is the dataclass's own:
+the form builds the config, and a `ConfigError` lands on the field it names.
+
+Paths never come from free text: models are chosen among directories discovered under
+WORKBENCH_MODEL_ROOTS (or finished runs' outputs under WORKBENCH_RUNS_ROOT), data among files under
+WORKBENCH_DATA_ROOT, snapshots and runs from the database, and the output directory is generated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from django import forms
+
+from annotate.models import DatasetSnapshot, Project
+from training import roots, selectors
+from training.models import TrainingRun
+from training.rlhf.configs import ConfigError, describe_fields
+from training.rlhf.ppo_config import PPOConfig
+from training.rlhf.rm_config import CALIBRATION_SETS, RewardModelConfig
+
+# Fields of a config that the launch form fills itself (paths, links) rather than generating an input.
+PLACEHOLDER_OUTPUT = "__generated__"
+
+
+# --- Field generation --------------------------------------------------------------------------------------
+
+
+def _list_item_type(config_cls: type, name: str) -> type:
+    hint = typing.get_type_hints(config_cls)[name]
+    for candidate in (hint, *typing.get_args(hint)):
+        if typing.get_origin(candidate) in (list, tuple):
+            args = [a for a in typing.get_args(candidate) if a is not Ellipsis]
+            if args and args[0] in (int, float, str):
+                return args[0]
+    return str
+
+
+class ListField(forms.CharField):
+    """A list option as comma-separated text ("0.1, 0.2"), parsed into the item type."""
+
+    def __init__(self, *, item_type: type = str, **kwargs: Any) -> None:
+        self.item_type = item_type
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return ", ".join(str(v) for v in value)
+        return value
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):  # JSON from the API
+            value = ", ".join(str(v) for v in value)
+        text = super().to_python(value)
+        if text in self.empty_values:
+            return []
+        items = [item.strip() for item in str(text).split(",") if item.strip()]
+        try:
+            return [self.item_type(item) for item in items]
+        except ValueError as exc:
+            raise forms.ValidationError(f"Enter a comma-separated list of {self.item_type.__name__} values.") from exc
+
+
+def config_form_field(desc: dict[str, Any], *, config_cls: type) -> forms.Field:
+    """One Django form field for one described config field (see `describe_fields`)."""
+    kind, default, optional = desc["type"], desc["default"], desc["optional"]
+    label = desc["name"].replace("_", " ")
+    common: dict[str, Any] = {"help_text": desc["help"], "label": label[:1].upper() + label[1:]}
+    if desc.get("choices"):
+        choices = [(c, str(c)) for c in desc["choices"]]
+        if optional:
+            choices = [("", "(none)"), *choices]
+        field: forms.Field = forms.TypedChoiceField(
+            choices=choices, coerce=type(desc["choices"][0]), required=not optional,
+            empty_value=None, initial=default, **common,
+        )
+    elif kind == "bool":
+        field = forms.BooleanField(required=False, initial=bool(default), **common)
+    elif kind == "int":
+        field = forms.IntegerField(required=not optional, initial=default, **common)
+    elif kind == "float":
+        field = forms.FloatField(
+            required=not optional, initial=default, widget=forms.NumberInput(attrs={"step": "any"}), **common
+        )
+    elif kind == "list":
+        field = ListField(
+            item_type=_list_item_type(config_cls, desc["name"]), required=False, initial=default, **common
+        )
+    else:
+        field = forms.CharField(required=False, initial="" if default is None else default, **common)
+    field.config_name = desc["name"]  # type: ignore[attr-defined]
+    return field
+
+
+class ConfigForm(forms.Form):
+    """Base of the launch forms: subclasses set `config_class`, the config fields the form fills itself
+    (`managed_fields`), and the fields shown outside the "Advanced" group (`primary_fields`)."""
+
+    config_class: type = object
+    managed_fields: tuple[str, ...] = ()
+    primary_fields: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config_names: list[str] = []
+        for desc in describe_fields(self.config_class):
+            if desc["name"] in self.managed_fields or desc["name"] in self.fields:
+                continue
+            self.fields[desc["name"]] = config_form_field(desc, config_cls=self.config_class)
+            self.config_names.append(desc["name"])
+        self.config: Any = None
+
+    # Field groups for the template: what to train (minus the export options), the export options, the
+    # primary config options, and the rest ("Advanced").
+    def launch_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name not in self.config_names and not name.startswith("export_")]
+
+    def export_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.fields if name.startswith("export_")]
+
+    def primary_config_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.config_names if name in self.primary_fields]
+
+    def advanced_config_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.config_names if name not in self.primary_fields]
+
+    def managed_values(self) -> dict[str, Any]:
+        """Values of the managed config fields (paths chosen from the roots, generated output…)."""
+        return {}
+
+    def config_values(self) -> dict[str, Any]:
+        values = {}
+        for name in self.config_names:
+            if name not in self.cleaned_data:
+                continue
+            value = self.cleaned_data[name]
+            desc_field = self.fields[name]
+            if value == "" and not desc_field.required and isinstance(desc_field, forms.CharField):
+                default = next(d["default"] for d in describe_fields(self.config_class) if d["name"] == name)
+                value = default
+            values[name] = value
+        return values
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        values = {**self.config_values(), **self.managed_values()}
+        if self.errors:
+            return cleaned
+        try:
+            self.config = self.config_class(**values)
+        except ConfigError as exc:
+            message = str(exc).split(": ", 1)[-1]
+            target = exc.field if exc.field in self.fields else None
+            self.add_error(target, message if target else str(exc))
+        except (TypeError, ValueError) as exc:
+            self.add_error(None, str(exc))
+        return cleaned
+
+
+# --- Choices from the roots and the database ---------------------------------------------------------------
+
+
+def model_choices(*, include_runs: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Model directories under the model roots, plus outputs of succeeded runs of the given kinds."""
+    choices = [(str(found.path), found.label) for found in roots.discover_models()]
+    if include_runs:
+        for run in TrainingRun.objects.filter(kind__in=include_runs, status=TrainingRun.Status.SUCCEEDED):
+            model_dir = selectors.run_model_dir(run)
+            if model_dir is not None:
+                choices.append((str(model_dir), f"{run} · {Path(model_dir).name}"))
+    return choices
+
+
+def data_choices() -> list[tuple[str, str]]:
+    return [(str(found.path), found.label) for found in roots.discover_data()]
+
+
+class RootPathChoiceField(forms.ChoiceField):
+    """A path chosen among the discovered ones; re-checked against the roots on submit. `keywords` are
+    non-path choices passed through as they are (e.g. "heldout")."""
+
+    def __init__(self, *, allowed_roots, keywords: tuple[str, ...] = (), **kwargs: Any) -> None:
+        self.allowed_roots = allowed_roots
+        self.keywords = keywords
+        super().__init__(**kwargs)
+
+    def clean(self, value: Any) -> Any:
+        value = super().clean(value)
+        if value in self.empty_values or value in self.keywords:
+            return value
+        try:
+            return str(roots.resolve_inside(value, self.allowed_roots()))
+        except roots.OutsideRoots as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+def snapshot_queryset():
+    return DatasetSnapshot.objects.select_related("project").order_by("-created_at")
+
+
+def project_queryset():
+    return Project.objects.order_by("name")
+
+
+def dataclass_defaults(config_cls: type) -> dict[str, Any]:
+    return {
+        f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+        for f in dataclasses.fields(config_cls)
+    }
+
+
+# --- The launch forms --------------------------------------------------------------------------------------
+
+
+def _allowed_model_roots() -> list[Path]:
+    return [*roots.model_roots(), roots.runs_root()]
+
+
+class RMLaunchForm(ConfigForm):
+    """Train a reward model from a recorded snapshot, or from a project exported now."""
+
+    config_class = RewardModelConfig
+    managed_fields = ("model", "dataset", "output_dir", "resume", "tokenizer", "calibration_set")
+    primary_fields = (
+        "epochs", "max_steps", "learning_rate", "batch_size", "max_length", "lora", "checkpoint_every", "seed",
+    )
+
+    name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
+    snapshot = forms.ModelChoiceField(
+        queryset=DatasetSnapshot.objects.none(), required=False,
+        help_text="A dataset snapshot exported earlier (export_rankings or the data pages).",
+    )
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(), required=False, label="Or export now from project",
+        help_text="Export this project's rankings to a new snapshot now and train on it.",
+    )
+    export_group = forms.ChoiceField(
+        choices=[("per-annotator", "each annotator's ranking"), ("consensus", "one consensus ranking per prompt")],
+        initial="per-annotator", label="Rankings", help_text="How “export now” groups the rankings.",
+    )
+    export_drop_flagged = forms.BooleanField(
+        required=False, label="Drop flagged rankings", help_text="Leave these rankings out of the export."
+    )
+    export_drop_all_bad = forms.BooleanField(
+        required=False, label="Drop “all bad” rankings", help_text="Leave these rankings out of the export."
+    )
+    export_test_fraction = forms.FloatField(
+        initial=0.1, min_value=0.0, max_value=0.9, label="Held-out fraction",
+        help_text="Share of prompts in the test split (split by prompt).",
+        widget=forms.NumberInput(attrs={"step": "any"}),
+    )
+    base_model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, label="Base model",
+        help_text="The backbone to start from: a model directory under the configured model roots.",
+    )
+    calibration = RootPathChoiceField(
+        allowed_roots=lambda: [roots.data_root()], keywords=CALIBRATION_SETS, required=False,
+        label="Calibration set",
+        help_text="Rewards on these responses are shifted to mean 0 after training: the held-out split, the "
+                  "training split, none, or a file of prompt + response records under the data root.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["snapshot"].queryset = snapshot_queryset()
+        self.fields["project"].queryset = project_queryset()
+        self.fields["base_model"].choices = [("", "— choose a model —"), *model_choices()]
+        self.fields["calibration"].choices = [
+            ("heldout", "held-out split"), ("train", "training split"), ("none", "none (no calibration)"),
+            *[(path, f"file: {label}") for path, label in data_choices() if not Path(path).is_dir()],
+        ]
+        self.fields["calibration"].initial = "heldout"
+
+    def export_options(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        return {
+            "group": data.get("export_group") or "per-annotator",
+            "drop_flagged": bool(data.get("export_drop_flagged")),
+            "drop_all_bad": bool(data.get("export_drop_all_bad")),
+            "test_fraction": data.get("export_test_fraction") if data.get("export_test_fraction") is not None else 0.1,
+        }
+
+    def managed_values(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        snapshot, project = data.get("snapshot"), data.get("project")
+        if bool(snapshot) == bool(project):
+            self.add_error("snapshot", "Choose a snapshot, or a project to export now (not both).")
+        # The dataset of "export now" does not exist yet; validate with a placeholder, filled in at launch.
+        dataset = snapshot.path if snapshot else PLACEHOLDER_OUTPUT
+        return {
+            "model": data.get("base_model") or "", "dataset": dataset, "output_dir": PLACEHOLDER_OUTPUT,
+            "calibration_set": data.get("calibration") or "heldout",
+        }
+
+
+def _data_file_choices(*, blank: str) -> list[tuple[str, str]]:
+    return [("", blank), *[(path, label) for path, label in data_choices() if not Path(path).is_dir()]]
+
+
+class PPOLaunchForm(ConfigForm):
+    """Train a policy with PPO: a policy model, a reward-model run, and prompts (a project or a file)."""
+
+    config_class = PPOConfig
+    managed_fields = ("policy", "reward_model", "prompts", "output_dir", "eval_prompts", "ptx_dataset", "resume")
+    primary_fields = (
+        "iterations", "total_episodes", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
+        "response_length", "init_kl_coef", "kl_target", "lr", "lora", "checkpoint_every", "sample_every", "seed",
+    )
+
+    name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
+    policy_model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, label="Policy",
+        help_text="The policy to start from (the SFT model): a model under the model roots, or the final policy "
+                  "of a finished PPO run (to continue the loop).",
+    )
+    reward_model_run = forms.ModelChoiceField(
+        queryset=TrainingRun.objects.none(), label="Reward model",
+        help_text="A reward-model run that succeeded; its model scores the rollouts and initialises the critic.",
+    )
+    prompt_project = forms.ModelChoiceField(
+        queryset=Project.objects.none(), required=False, label="Prompts from project",
+        help_text="Train on this project's prompts (distinct texts of every round), written to a prompt file now.",
+    )
+    prompt_file = RootPathChoiceField(
+        allowed_roots=lambda: [roots.data_root()], required=False, label="Or prompts from a file",
+        help_text="A JSONL (\"prompt\" per line) or text file under the data root.",
+    )
+    eval_prompt_file = RootPathChoiceField(
+        allowed_roots=lambda: [roots.data_root()], required=False, label="Held-out prompts",
+        help_text="Prompts for the before/after evaluation; empty holds out eval fraction of the training prompts.",
+    )
+    ptx_file = RootPathChoiceField(
+        allowed_roots=lambda: [roots.data_root()], required=False, label="Pre-training texts (PPO-ptx)",
+        help_text="Texts for the PPO-ptx loss, used when ptx coef > 0.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["policy_model"].choices = [
+            ("", "— choose a policy —"), *model_choices(include_runs=(TrainingRun.Kind.PPO,)),
+        ]
+        self.fields["reward_model_run"].queryset = TrainingRun.objects.filter(
+            kind=TrainingRun.Kind.RM, status=TrainingRun.Status.SUCCEEDED
+        ).order_by("-created_at")
+        self.fields["reward_model_run"].label_from_instance = lambda run: (
+            f"#{run.pk} {run.name or 'reward model'} ({run.finished_at:%Y-%m-%d %H:%M})" if run.finished_at
+            else f"#{run.pk} {run.name or 'reward model'}"
+        )
+        self.fields["prompt_project"].queryset = project_queryset()
+        self.fields["prompt_file"].choices = _data_file_choices(blank="— none —")
+        self.fields["eval_prompt_file"].choices = _data_file_choices(blank="hold out a fraction of the prompts")
+        self.fields["ptx_file"].choices = _data_file_choices(blank="— none —")
+
+    def managed_values(self) -> dict[str, Any]:
+        data = self.cleaned_data
+        project, prompt_file = data.get("prompt_project"), data.get("prompt_file")
+        if bool(project) == bool(prompt_file):
+            self.add_error("prompt_project", "Choose a project or a prompt file (not both).")
+        rm_run = data.get("reward_model_run")
+        rm_dir = selectors.run_model_dir(rm_run) if rm_run else None
+        if rm_run and rm_dir is None:
+            self.add_error("reward_model_run", f"{rm_run} left no reward model in {rm_run.output_dir}.")
+        return {
+            "policy": data.get("policy_model") or "",
+            "reward_model": str(rm_dir) if rm_dir else "",
+            # A project's prompt file is written at launch; validate with a placeholder until then.
+            "prompts": prompt_file or PLACEHOLDER_OUTPUT,
+            "eval_prompts": data.get("eval_prompt_file") or "",
+            "ptx_dataset": data.get("ptx_file") or "",
+            "output_dir": PLACEHOLDER_OUTPUT,
+        }
+
+
+class NewRoundForm(forms.Form):
+    """Sample a new annotation round from a policy (a finished PPO run's, or any model under the roots)."""
+
+    project = forms.ModelChoiceField(queryset=Project.objects.none(), help_text="The project to add a round to.")
+    model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, label="Policy",
+        help_text="The policy to sample from: a finished PPO run's policy or a model under the model roots.",
+    )
+    k = forms.IntegerField(min_value=4, max_value=9, initial=4, label="K (responses per prompt)",
+                           help_text="Within the project's K range.")
+    from_round = forms.IntegerField(
+        min_value=1, required=False, label="Copy prompts from round",
+        help_text="Whose prompts the new round asks again (default: the latest round).",
+    )
+    max_prompts = forms.IntegerField(min_value=1, required=False, help_text="At most this many prompts (optional).")
+    baseline_model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, required=False, label="Blind A/B against",
+        help_text="Optionally mix in responses of this policy (e.g. the one PPO started from).",
+    )
+    baseline_k = forms.IntegerField(min_value=0, max_value=8, initial=0, required=False,
+                                    label="Responses from the baseline", help_text="Out of K; 0: none.")
+    temperature = forms.FloatField(initial=1.0, min_value=0.01, widget=forms.NumberInput(attrs={"step": "any"}),
+                                   help_text="Sampling temperature.")
+    top_p = forms.FloatField(initial=1.0, min_value=0.01, max_value=1.0,
+                             widget=forms.NumberInput(attrs={"step": "any"}), help_text="Nucleus sampling (1: off).")
+    max_new_tokens = forms.IntegerField(initial=64, min_value=1, max_value=4096, help_text="Longest response.")
+    seed = forms.IntegerField(initial=0, min_value=0, help_text="Sampling seed.")
+
+    def __init__(self, *args: Any, run: TrainingRun | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run = run
+        self.fields["project"].queryset = project_queryset()
+        choices = model_choices(include_runs=(TrainingRun.Kind.PPO,))
+        self.fields["model"].choices = [("", "— choose a policy —"), *choices]
+        self.fields["baseline_model"].choices = [("", "— none —"), *choices]
+        if run is not None:
+            policy = selectors.run_model_dir(run)
+            if policy is not None:
+                self.fields["model"].initial = str(policy)
+            start = (run.config or {}).get("policy")
+            if start and any(value == start for value, _ in choices):
+                self.fields["baseline_model"].initial = start
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        project, k = cleaned.get("project"), cleaned.get("k")
+        if project is not None and k is not None and not project.k_min <= k <= project.k_max:
+            self.add_error("k", f"K must be within the project's range {project.k_min}–{project.k_max}.")
+        baseline, baseline_k = cleaned.get("baseline_model"), cleaned.get("baseline_k") or 0
+        if baseline and k is not None and not 0 < baseline_k < k:
+            self.add_error("baseline_k", f"With a baseline, between 1 and K − 1 ({k - 1}) of the responses.")
+        if baseline_k and not baseline:
+            self.add_error("baseline_model", "Choose the baseline policy, or set its responses to 0.")
+        return cleaned
+
+    def sampling_params(self) -> dict[str, Any]:
+        return {key: self.cleaned_data[key] for key in ("temperature", "top_p", "max_new_tokens", "seed")}
+
+
+class RMCheckForm(forms.Form):
+    rm_run = forms.ModelChoiceField(queryset=TrainingRun.objects.none(), label="Reward model",
+                                    help_text="A reward-model run that succeeded.")
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        runs = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, status=TrainingRun.Status.SUCCEEDED)
+        self.fields["rm_run"].queryset = runs.order_by("-created_at")
+        own = runs.filter(snapshot__project=project).order_by("-created_at").first()
+        if own is not None:
+            self.fields["rm_run"].initial = own.pk
+
+
+def api_form_data(form: forms.Form, data: Any) -> dict[str, Any]:
+    """JSON from the API as data for `form`'s class: options left out take the form's initial values (the
+    dataclass defaults), booleans and lists are kept (the fields accept them), None means empty."""
+    values = {key: ("" if value is None else value) for key, value in dict(data).items()}
+    for name, field in form.fields.items():
+        if name not in values:
+            initial = form.get_initial_for_field(field, name)
+            if initial is not None:
+                values[name] = initial
+    return values

@@ -1,0 +1,247 @@
+"""The PPO trainer's configuration: one dataclass drives the plain CLI (`python -m training.rlhf.ppo_cli`),
+`manage.py train_ppo`, the dashboard's launch form and the config.json saved with every run.
+
+Batch sizes are per process (under `accelerate launch` each process draws its own prompts). The sizes derived
+from them — mini-batches per rollout, gradient accumulation steps, optimizer steps, iterations — are computed
+once, in `__post_init__`, and read from the config everywhere else (`config.derived()` lists them).
+
+Defaults suit the demo task's tiny model on a CPU (a few minutes); for billion-parameter models lower the
+learning rates (≈1e-6 actor, ≈1e-5 critic) and raise the batch sizes (InstructGPT: 512 rollouts, 64 per
+mini-batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from training.rlhf.configs import ConfigError, option
+
+BF16_CHOICES = ("auto", "true", "false")
+KL_ESTIMATOR_CHOICES = ("k1", "k3")
+SCORE_NORM_CHOICES = ("none", "running", "batch")
+CRITIC_INIT_CHOICES = ("reward_model", "policy")
+TASK_CHOICES = ("auto", "demo", "none")
+INSTRUCTGPT_PTX_COEF = 27.8
+
+
+@dataclass
+class PPOConfig:
+    # --- models and data ---
+    policy: str = option("", "Policy to start from (the SFT model): a local checkpoint directory or a hub id; a "
+                             "directory holding a peft adapter is merged into its base.")
+    reward_model: str = option("", "Reward model directory written by train_rm (RewardModel.from_pretrained); it "
+                                   "scores rollouts (calibrated) and initialises the critic.")
+    prompts: str = option("", "Prompt file: JSONL with a \"prompt\" field per line (optional \"metadata\", e.g. "
+                              "{\"task\": \"demo\"}), or plain text with one prompt per line.")
+    output_dir: str = option("", "Directory for config.json, events, checkpoints/, the final policy/ and "
+                                 "value_model/ (the manage.py command fills it in from the run when empty).")
+    eval_prompts: str = option("", "Held-out prompt file (same formats as prompts) for the before/after "
+                                   "evaluation; empty holds out eval_fraction of the prompts instead.")
+    eval_fraction: float = option(0.1, "Share of the prompts held out for evaluation when eval_prompts is empty "
+                                       "(0: no held-out set, no evaluation).")
+    eval_max_prompts: int = option(64, "Evaluate on at most this many held-out prompts.")
+    evaluate: bool = option(True, "Run the before/after evaluation (RM score, KL to the reference, win rate, "
+                                  "oracle score on demo prompts).")
+    task: str = option("auto", "Prompt task: 'demo' enables the demo oracle in evaluation and samples; 'auto' "
+                               "detects it (metadata.task == 'demo' or every prompt from the demo set).",
+                       choices=TASK_CHOICES)
+    max_prompt_length: int = option(64, "Prompts longer than this many tokens keep their last tokens.")
+    trust_remote_code: bool = option(False, "Allow model code from a hub repository.")
+    # --- schedule and batch sizes (per process) ---
+    iterations: int = option(0, "PPO iterations (rollout + optimisation); 0 derives them from total_episodes.")
+    total_episodes: int = option(1280, "Prompts to roll out in total (per process), used when iterations is 0.")
+    rollout_batch_size: int = option(32, "Prompts per rollout (one response each) per process.")
+    mini_batch_size: int = option(16, "Rollout rows per optimizer step; must divide rollout_batch_size.")
+    micro_batch_size: int = option(16, "Rows per forward/backward pass; must divide mini_batch_size (gradient "
+                                       "accumulation steps = mini_batch_size / micro_batch_size).")
+    inference_batch_size: int = option(0, "Rows per generation and no-grad forward pass in rollouts and "
+                                          "evaluation (0: the whole rollout batch at once).")
+    ppo_epochs: int = option(4, "Passes over each rollout, reshuffled into new mini-batches every pass.")
+    # --- sampling ---
+    response_length: int = option(24, "Maximum new tokens per response (the stop token included).")
+    temperature: float = option(1.0, "Sampling temperature; every log-prob (ratio, KL, entropy) uses logits ÷ "
+                                     "temperature.")
+    top_p: float = option(1.0, "Nucleus sampling threshold (1: off). Log-probs are those of the untruncated "
+                               "softmax(logits ÷ T).")
+    stop_token: str = option("eos", "Token that ends a response: 'eos' (the tokenizer's EOS), or a literal token "
+                                    "string such as '\\n'; everything after the first one is masked.")
+    missing_eos_penalty: float = option(1.0, "Subtracted from the score of a response that never emits the stop "
+                                             "token (0: no penalty).")
+    # --- reward ---
+    kl_estimator: str = option("k1", "Per-token KL estimator in the reward: k1 = log π − log π_ref (unbiased), "
+                                     "k3 = (r − 1) − log r (unbiased, ≥ 0, lower variance).",
+                               choices=KL_ESTIMATOR_CHOICES)
+    init_kl_coef: float = option(0.05, "β, the KL penalty coefficient (its initial value when adaptive).")
+    kl_target: float = option(0.0, "Target KL per response for the adaptive controller (Ziegler et al. 2019); "
+                                   "0 keeps β fixed.")
+    kl_horizon: int = option(10000, "Adaptive KL horizon in episodes: β moves by at most 20 % per horizon.")
+    score_norm: str = option("none", "Normalise RM scores: none (the RM's calibration centres them), running "
+                                     "(mean/std over all rollouts so far), or batch (per rollout).",
+                             choices=SCORE_NORM_CHOICES)
+    reward_clip: float = option(0.0, "Clip scores to [−c, c] after normalisation and the EOS penalty (0: off).")
+    whiten_rewards: bool = option(False, "Whiten per-token rewards over real tokens (scale only) before GAE.")
+    whiten_advantages: bool = option(True, "Whiten advantages over real tokens (mean 0, std 1) before the loss.")
+    # --- PPO ---
+    cliprange: float = option(0.2, "Policy ratio clip ε of the surrogate objective.")
+    cliprange_value: float = option(0.2, "Value clip: new values stay within ± this of the rollout's values.")
+    vf_coef: float = option(0.1, "Weight of the value loss in the total loss.")
+    gamma: float = option(1.0, "Discount factor γ of GAE (1: episodic text, no discount).")
+    lam: float = option(0.95, "GAE λ.")
+    # --- optimisation ---
+    lr: float = option(1e-4, "Actor peak AdamW learning rate (after warm-up; cosine decay). Tiny-model default: "
+                             "use ≈1e-6 for large models.")
+    critic_lr: float = option(3e-4, "Critic peak AdamW learning rate.")
+    warmup_ratio: float = option(0.05, "Fraction of the optimizer steps spent in linear warm-up.")
+    min_lr_ratio: float = option(0.1, "Final learning rate as a fraction of the peak (cosine decays to it).")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay (never on biases and norms).")
+    max_grad_norm: float = option(1.0, "Clip each model's gradient norm to this (0: no clipping).")
+    # --- PPO-ptx ---
+    ptx_coef: float = option(0.0, "PPO-ptx: weight γ of a language-modelling loss on ptx_dataset mixed into the "
+                                  f"actor loss (InstructGPT used γ = {INSTRUCTGPT_PTX_COEF}); 0 turns it off.")
+    ptx_dataset: str = option("", "Pre-training texts for PPO-ptx: JSONL with a \"text\" field (or prompt + "
+                                  "response) per line, or plain text lines.")
+    ptx_batch_size: int = option(8, "Pre-training sequences per PPO micro-batch when ptx_coef > 0.")
+    # --- models: memory and precision ---
+    lora: bool = option(False, "Train LoRA adapters on the actor; the reference is then the same base with the "
+                               "adapter disabled (one policy copy in memory instead of two).")
+    critic_lora: bool = option(False, "Train the critic as LoRA adapters on the reward model's backbone, shared "
+                                      "with the frozen reward model (adapter disabled when scoring): one copy "
+                                      "instead of two. Needs critic_init = reward_model.")
+    lora_r: int = option(16, "LoRA rank.")
+    lora_alpha: float = option(32.0, "LoRA scaling numerator (updates are scaled by alpha / r).")
+    lora_dropout: float = option(0.0, "Dropout inside the LoRA adapters (the models' own dropout is always off).")
+    lora_target_modules: list[str] = option(["all-linear"], "Module names LoRA adapts (e.g. c_attn c_proj, or "
+                                                            "q_proj v_proj); 'all-linear' targets every linear "
+                                                            "layer but the output head.")
+    critic_init: str = option("reward_model", "Critic initialisation: reward_model (its backbone and score head, "
+                                              "as InstructGPT) or policy (the policy's backbone, value head 0).",
+                              choices=CRITIC_INIT_CHOICES)
+    bf16: str = option("auto", "bfloat16 mixed precision (the frozen reference and reward model are stored in "
+                               "bf16): auto (on GPUs that support it), true, or false.", choices=BF16_CHOICES)
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, "
+                                                 "~30 % slower).")
+    cpu: bool = option(False, "Run on the CPU even when a GPU is available.")
+    # --- progress, checkpoints, resume ---
+    seed: int = option(0, "Random seed (prompt order, sampling, mini-batch shuffles); each process adds its "
+                          "rank.")
+    log_every: int = option(1, "Write a progress line every N iterations (metrics are reported every one).")
+    sample_every: int = option(10, "Report a sample table (prompt, response, reward, score, KL) every N "
+                                   "iterations (0: never).")
+    samples_per_table: int = option(8, "Rows per sample table.")
+    checkpoint_every: int = option(50, "Write a resumable checkpoint every N iterations (0: only on a graceful "
+                                       "stop).")
+    keep_checkpoints: int = option(2, "How many of the newest checkpoints to keep.")
+    resume: str = option("", "Resume from a checkpoint: 'last' (newest in output_dir/checkpoints; fresh start "
+                             "when there is none) or a checkpoint directory; empty starts fresh.")
+
+    def __post_init__(self) -> None:  # noqa: C901 - one check per field reads best as a list
+        def integer(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(name, f"must be an integer ≥ {minimum}, got {value!r}")
+
+        def number(name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(name, f"must be a number, got {value!r}")
+            too_low = value <= low if low_open else value < low
+            too_high = value >= high if high_open else value > high
+            if too_low or too_high:
+                lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+                raise ConfigError(name, f"must be in {lo}{low}, {high}{hi}, got {value!r}")
+
+        def choice(name: str, choices: tuple[str, ...]) -> None:
+            if getattr(self, name) not in choices:
+                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+
+        for name in ("policy", "reward_model", "prompts", "output_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(name, "is required")
+        for name in ("eval_prompts", "ptx_dataset", "resume", "stop_token"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        if not self.stop_token:
+            raise ConfigError("stop_token", "is required ('eos' or a token string)")
+        for name, minimum in (
+            ("eval_max_prompts", 1), ("max_prompt_length", 1), ("iterations", 0), ("total_episodes", 0),
+            ("rollout_batch_size", 1), ("mini_batch_size", 1), ("micro_batch_size", 1),
+            ("inference_batch_size", 0), ("ppo_epochs", 1), ("response_length", 1), ("kl_horizon", 1),
+            ("ptx_batch_size", 1), ("lora_r", 1), ("seed", 0), ("log_every", 1), ("sample_every", 0),
+            ("samples_per_table", 1), ("checkpoint_every", 0), ("keep_checkpoints", 1),
+        ):
+            integer(name, minimum)
+        number("eval_fraction", 0.0, 1.0)
+        number("temperature", 0.0, math.inf, low_open=True)
+        number("top_p", 0.0, 1.0, low_open=True, high_open=False)
+        number("missing_eos_penalty", 0.0, math.inf)
+        number("init_kl_coef", 0.0, math.inf)
+        number("kl_target", 0.0, math.inf)
+        number("reward_clip", 0.0, math.inf)
+        number("cliprange", 0.0, 1.0, low_open=True)
+        number("cliprange_value", 0.0, math.inf, low_open=True)
+        number("vf_coef", 0.0, math.inf)
+        number("gamma", 0.0, 1.0, high_open=False)
+        number("lam", 0.0, 1.0, high_open=False)
+        number("lr", 0.0, 1.0, low_open=True)
+        number("critic_lr", 0.0, 1.0, low_open=True)
+        number("warmup_ratio", 0.0, 1.0)
+        number("min_lr_ratio", 0.0, 1.0, high_open=False)
+        number("weight_decay", 0.0, math.inf)
+        number("max_grad_norm", 0.0, math.inf)
+        number("ptx_coef", 0.0, math.inf)
+        number("lora_alpha", 0.0, math.inf, low_open=True)
+        number("lora_dropout", 0.0, 1.0)
+        choice("task", TASK_CHOICES)
+        choice("kl_estimator", KL_ESTIMATOR_CHOICES)
+        choice("score_norm", SCORE_NORM_CHOICES)
+        choice("critic_init", CRITIC_INIT_CHOICES)
+        if isinstance(self.bf16, bool):  # accept a plain bool from a form or JSON
+            self.bf16 = "true" if self.bf16 else "false"
+        choice("bf16", BF16_CHOICES)
+        for name in ("evaluate", "trust_remote_code", "whiten_rewards", "whiten_advantages", "lora", "critic_lora",
+                     "gradient_checkpointing", "cpu"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [m for m in self.lora_target_modules.replace(",", " ").split() if m]
+        if not isinstance(self.lora_target_modules, list) or not self.lora_target_modules or not all(
+            isinstance(m, str) and m.strip() for m in self.lora_target_modules
+        ):
+            raise ConfigError("lora_target_modules", "must name at least one module (or 'all-linear')")
+        if "all-linear" in self.lora_target_modules and len(self.lora_target_modules) > 1:
+            raise ConfigError("lora_target_modules", "'all-linear' cannot be combined with module names")
+        if self.critic_lora and self.critic_init != "reward_model":
+            raise ConfigError("critic_lora", "needs critic_init = reward_model (the adapters share the RM's backbone)")
+        if self.ptx_coef > 0 and not self.ptx_dataset.strip():
+            raise ConfigError("ptx_dataset", "is required when ptx_coef > 0")
+        if self.iterations == 0 and self.total_episodes == 0:
+            raise ConfigError("iterations", "set iterations or total_episodes (both are 0)")
+        if self.rollout_batch_size % self.mini_batch_size:
+            raise ConfigError("mini_batch_size", f"must divide rollout_batch_size ({self.rollout_batch_size}), "
+                                                 f"got {self.mini_batch_size}")
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ConfigError("micro_batch_size", f"must divide mini_batch_size ({self.mini_batch_size}), "
+                                                  f"got {self.micro_batch_size}")
+
+        # Derived sizes, computed once here (plain attributes, not fields: config.json keeps the inputs only).
+        self.num_iterations = self.iterations or math.ceil(self.total_episodes / self.rollout_batch_size)
+        self.mini_batches_per_rollout = self.rollout_batch_size // self.mini_batch_size
+        self.gradient_accumulation_steps = self.mini_batch_size // self.micro_batch_size
+        self.optimizer_steps_per_iteration = self.ppo_epochs * self.mini_batches_per_rollout
+        self.total_optimizer_steps = self.num_iterations * self.optimizer_steps_per_iteration
+        from training.rlhf.optim import warmup_steps_for  # lazily: importing this module stays torch-free
+
+        self.warmup_steps = warmup_steps_for(self.total_optimizer_steps, self.warmup_ratio)
+        self.episodes = self.num_iterations * self.rollout_batch_size
+        self.generation_batch_size = self.inference_batch_size or self.rollout_batch_size
+        self.adaptive_kl = self.kl_target > 0
+
+    def derived(self) -> dict[str, Any]:
+        """The sizes computed from the options (per process)."""
+        names = ("num_iterations", "mini_batches_per_rollout", "gradient_accumulation_steps",
+                 "optimizer_steps_per_iteration", "total_optimizer_steps", "warmup_steps", "episodes",
+                 "generation_batch_size", "adaptive_kl")
+        return {name: getattr(self, name) for name in names}

@@ -1,0 +1,93 @@
+"""How trainers report progress: a small callback protocol, implemented by the Django side (database writes)
+and here by a JSONL file for the plain CLI.
+
+Trainers call these on the main process only (accelerate's `is_main_process`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Scalar metrics for one optimisation step (loss, reward, kl, lr, tokens_per_s…)."""
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """A sample table: dicts with prompt, response and optional reward, score, kl (and extras)."""
+
+    def on_checkpoint(self, step: int, path: str) -> None:
+        """A resumable checkpoint was written at `path`."""
+
+    def on_evaluation(self, results: dict[str, Any]) -> None:
+        """Evaluation results (held-out accuracy, before/after PPO figures…), merged into the run's record."""
+
+    def on_log(self, message: str) -> None:
+        """A human-readable progress line."""
+
+    def should_stop(self) -> bool:
+        """True when the user asked for a graceful stop; trainers check it between steps."""
+
+
+class NullReporter:
+    """Reports nowhere; never asks to stop."""
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        pass
+
+    def on_checkpoint(self, step: int, path: str) -> None:
+        pass
+
+    def on_evaluation(self, results: dict[str, Any]) -> None:
+        pass
+
+    def on_log(self, message: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class JsonlReporter:
+    """Appends one JSON object per event to a file; a STOP file beside it requests a graceful stop.
+
+    Used by the plain CLI (`python -m training.rlhf.cli …`), where there is no database.
+    """
+
+    def __init__(self, path: str | Path, *, echo: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stop_file = self.path.with_name("STOP")
+        self.echo = echo
+
+    def _write(self, event: str, **payload: Any) -> None:
+        record = {"event": event, "time": time.time(), **payload}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._write("metrics", step=step, metrics=metrics)
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        self._write("samples", step=step, samples=samples)
+
+    def on_checkpoint(self, step: int, path: str) -> None:
+        self._write("checkpoint", step=step, path=path)
+
+    def on_evaluation(self, results: dict[str, Any]) -> None:
+        self._write("evaluation", results=results)
+
+    def on_log(self, message: str) -> None:
+        self._write("log", message=message)
+        if self.echo:
+            print(message, flush=True)
+
+    def should_stop(self) -> bool:
+        return self.stop_file.exists()

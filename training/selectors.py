@@ -1,0 +1,435 @@
+"""Read-only queries for the dashboard and the API: runs, curves, samples, lineage, outputs, statistics."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.db.models import Max, QuerySet
+
+from training.models import Checkpoint, Job, Metric, Sample, TrainingRun
+from training.tasks import tail_text
+
+MAX_POINTS_PER_SERIES = 2000
+
+# Headline figure per kind: the first of these found in the evaluation, then in the summary (last values).
+HEADLINES = {
+    TrainingRun.Kind.RM: [
+        ("evaluation", "heldout.accuracy", "held-out accuracy"),
+        ("evaluation", "accuracy", "held-out accuracy"),
+        ("summary", "eval/accuracy", "held-out accuracy"),
+        ("summary", "accuracy", "train accuracy"),
+        ("summary", "loss", "loss"),
+    ],
+    TrainingRun.Kind.PPO: [
+        ("evaluation", "after.oracle_score", "oracle score after"),
+        ("evaluation", "after.rm_score", "RM score after"),
+        ("summary", "reward", "reward"),
+        ("summary", "score", "RM score"),
+        ("summary", "rm_score", "RM score"),
+        ("summary", "kl", "KL"),
+    ],
+}
+
+# Charts on a run page: a title and the words of the metric names it draws, so that one chart holds figures of
+# one scale. A metric's name after its last "/" is split on "_"; a pattern matches one of those words, or, when
+# it has a "_" itself, any part of the name ("grad_norm" in "grad_norm_actor"). The first group wins; the rest
+# go to an "Other" chart. dashboard.js applies the same rule to metrics as they appear.
+CHART_GROUPS = [
+    ("Approx. KL", ("approx_kl",)),
+    ("β", ("beta", "kl_coef")),
+    ("Accuracy", ("accuracy", "win_rate", "agreement")),
+    ("Margin", ("margin",)),
+    ("Reward", ("reward", "score", "oracle")),
+    ("KL", ("kl",)),
+    ("Losses", ("loss",)),
+    ("Entropy", ("entropy",)),
+    ("Clipping", ("clip",)),
+    ("Ratio", ("ratio",)),
+    ("Explained variance", ("explained_variance",)),
+    ("Values", ("value_mean", "return_mean", "advantage")),
+    ("Lengths", ("length",)),
+    ("EOS rate", ("eos",)),
+    ("Learning rate", ("lr", "learning_rate")),
+    ("Gradient norm", ("grad_norm",)),
+    ("Speed", ("per_s",)),
+    ("Time", ("s", "seconds")),
+]
+# The same, for dashboard.js (which groups metrics as they appear while a run is live).
+CHART_GROUPS_JSON = [
+    {"id": re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "beta", "title": title, "patterns": list(patterns)}
+    for title, patterns in CHART_GROUPS
+]
+
+
+def chart_group_of(name: str) -> str:
+    """The id of the chart a metric is drawn on (the rule above; dashboard.js mirrors it)."""
+    leaf = name.rsplit("/", 1)[-1].lower()
+    words = leaf.split("_")
+    for group in CHART_GROUPS_JSON:
+        if any((p in leaf) if "_" in p else (p in words) for p in group["patterns"]):
+            return group["id"]
+    return "other"
+
+
+def _dig(data: dict, dotted: str) -> Any:
+    value: Any = data
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            # Keys may themselves contain dots ("eval/accuracy" never has, "after.x" might be flat).
+            return data.get(dotted) if isinstance(data, dict) else None
+        value = value[part]
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def headline(run: TrainingRun) -> tuple[str, float] | None:
+    """(label, value) of the run's most telling figure, or None before it reported anything."""
+    for source, key, label in HEADLINES.get(run.kind, []):
+        value = _number(_dig(getattr(run, source) or {}, key))
+        if value is not None:
+            return label, value
+    return None
+
+
+def list_runs(*, kind: str | None = None, status: str | None = None) -> QuerySet[TrainingRun]:
+    runs = TrainingRun.objects.select_related(
+        "created_by", "snapshot", "snapshot__project", "project", "reward_model_run", "resumed_from"
+    )
+    if kind:
+        runs = runs.filter(kind=kind)
+    if status:
+        runs = runs.filter(status=status)
+    return runs
+
+
+def get_run(*, run_id: int) -> TrainingRun:
+    return list_runs().get(pk=run_id)
+
+
+def metric_names(*, run: TrainingRun) -> list[str]:
+    return list(Metric.objects.filter(run=run).values_list("name", flat=True).distinct().order_by("name"))
+
+
+def _thin(points: list[list[float]], limit: int) -> list[list[float]]:
+    """Keep at most `limit` points: an even stride over the series, always keeping the last point."""
+    if len(points) <= limit:
+        return points
+    stride = math.ceil(len(points) / limit)
+    thinned = points[::stride]
+    if thinned[-1] is not points[-1]:
+        thinned.append(points[-1])
+    return thinned
+
+
+def run_series(
+    *, run: TrainingRun, after_id: int | None = None, names: list[str] | None = None,
+    max_points: int = MAX_POINTS_PER_SERIES,
+) -> tuple[dict[str, list[list[float]]], int | None]:
+    """(metric name → [[step, value], …] in step order, cursor).
+
+    `after_id` is the cursor of a previous call: only metric rows written since then are returned (a step
+    reported twice, as a resumed run may do, comes back with its new value). The cursor is the largest
+    Metric id seen, so a poll never misses an evaluation reported later for an earlier step.
+    """
+    rows = Metric.objects.filter(run=run)
+    if after_id is not None:
+        rows = rows.filter(pk__gt=after_id)
+    if names:
+        rows = rows.filter(name__in=names)
+    series: dict[str, list[list[float]]] = defaultdict(list)
+    cursor = after_id
+    for pk, name, step, value in rows.order_by("name", "step").values_list("pk", "name", "step", "value"):
+        cursor = pk if cursor is None else max(cursor, pk)
+        if math.isfinite(value):
+            series[name].append([step, value])
+    return {name: _thin(points, max_points) for name, points in series.items()}, cursor
+
+
+def last_step(*, run: TrainingRun) -> int | None:
+    return Metric.objects.filter(run=run).aggregate(last=Max("step"))["last"]
+
+
+def run_samples(*, run: TrainingRun, step: int | None = None, limit: int = 50) -> tuple[int | None, list[Sample]]:
+    """The sample table of one step (the latest when `step` is None): (step, rows)."""
+    if step is None:
+        step = Sample.objects.filter(run=run).aggregate(last=Max("step"))["last"]
+    if step is None:
+        return None, []
+    return step, list(Sample.objects.filter(run=run, step=step).order_by("-reward", "id")[:limit])
+
+
+def sample_steps(*, run: TrainingRun) -> list[int]:
+    return list(Sample.objects.filter(run=run).values_list("step", flat=True).distinct().order_by("-step"))
+
+
+def log_tail(*, run: TrainingRun, max_bytes: int = 12_000) -> str:
+    return tail_text(run.log_path, max_bytes=max_bytes) if run.log_path else ""
+
+
+def run_model_dir(run: TrainingRun) -> Path | None:
+    """The final model a succeeded run left in its output directory (None when there is none)."""
+    if not run.output_dir:
+        return None
+    out = Path(run.output_dir)
+    markers = ("config.json", "adapter_config.json", "reward_model.json")
+    for candidate in (out / "model", out / "final", out / "policy", out):
+        if any((candidate / marker).exists() for marker in markers):
+            return candidate
+    return None
+
+
+def latest_checkpoint(*, run: TrainingRun) -> Checkpoint | None:
+    return run.checkpoints.order_by("-step", "-created_at").first()
+
+
+@dataclass
+class LineageNode:
+    label: str
+    kind: str  # snapshot | rm | ppo | round | run
+    url: str = ""
+    status: str = ""
+    current: bool = False
+    detail: str = ""
+
+
+@dataclass
+class Lineage:
+    upstream: list[LineageNode] = field(default_factory=list)
+    downstream: list[LineageNode] = field(default_factory=list)
+    resumes: list[TrainingRun] = field(default_factory=list)
+
+
+def lineage(*, run: TrainingRun) -> Lineage:
+    """snapshot → RM run → PPO run → new rounds sampled from it, around `run`."""
+    from django.urls import reverse
+
+    def node_for(r: TrainingRun, *, current: bool = False) -> LineageNode:
+        return LineageNode(
+            label=str(r), kind=r.kind, url=reverse("training:run_detail", args=[r.pk]), status=r.status,
+            current=current,
+        )
+
+    def snapshot_node(snapshot) -> LineageNode:
+        counts = snapshot.counts or {}
+        detail = ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int | float))
+        return LineageNode(label=f"snapshot {snapshot.content_hash[:12]}", kind="snapshot", detail=detail)
+
+    result = Lineage()
+    rm = run.reward_model_run if run.kind == TrainingRun.Kind.PPO else None
+    snapshot = (rm.snapshot if rm else run.snapshot) if (rm or run.snapshot) else None
+    if snapshot is not None:
+        result.upstream.append(snapshot_node(snapshot))
+    if rm is not None:
+        result.upstream.append(node_for(rm))
+    result.upstream.append(node_for(run, current=True))
+    if run.kind == TrainingRun.Kind.RM:
+        for ppo in run.ppo_runs.order_by("created_at"):
+            result.downstream.append(node_for(ppo))
+    rounds = (
+        run.sampled_responses.values("prompt__project__name", "prompt__project_id", "round")
+        .distinct()
+        .order_by("round")
+    )
+    for row in rounds:
+        result.downstream.append(
+            LineageNode(
+                label=f"{row['prompt__project__name']} round {row['round']}", kind="round",
+                url=reverse("training:project_stats", args=[row["prompt__project_id"]]),
+            )
+        )
+    for job in run.jobs.filter(kind=Job.Kind.NEW_ROUND).exclude(status=Job.Status.SUCCEEDED):
+        result.downstream.append(
+            LineageNode(label=f"new round ({job.get_status_display().lower()})", kind="round", status=job.status,
+                        url=reverse("training:job_detail", args=[job.pk]))
+        )
+    chain, cursor = [], run.resumed_from
+    while cursor is not None and len(chain) < 20:
+        chain.append(cursor)
+        cursor = cursor.resumed_from
+    result.resumes = chain[::-1] + list(run.resumes.all())
+    return result
+
+
+@dataclass
+class OutputFile:
+    relative: str
+    size: int
+    is_dir: bool
+
+
+def output_files(*, run: TrainingRun, limit: int = 200) -> list[OutputFile]:
+    """Entries of the run's output directory (two levels deep, checkpoints summarised as directories)."""
+    if not run.output_dir:
+        return []
+    root = Path(run.output_dir)
+    if not root.is_dir():
+        return []
+    entries: list[OutputFile] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        dirnames.sort()
+        for name in dirnames:
+            entries.append(OutputFile(str((here / name).relative_to(root)), 0, True))
+        if depth >= 1:
+            dirnames[:] = []
+        for name in sorted(filenames):
+            path = here / name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            entries.append(OutputFile(str(path.relative_to(root)), size, False))
+        if len(entries) >= limit:
+            break
+    entries.sort(key=lambda e: e.relative)
+    return entries[:limit]
+
+
+def runs_for_compare(*, run_ids: list[int]) -> list[TrainingRun]:
+    runs = {r.pk: r for r in list_runs().filter(pk__in=run_ids)}
+    return [runs[pk] for pk in run_ids if pk in runs]
+
+
+def compare_series(*, runs: list[TrainingRun], max_points: int = 1000) -> dict[str, dict[int, list[list[float]]]]:
+    """Metric name → run id → points, for the metrics at least one of the runs reported."""
+    by_metric: dict[str, dict[int, list[list[float]]]] = defaultdict(dict)
+    for run in runs:
+        for name, points in run_series(run=run, max_points=max_points)[0].items():
+            by_metric[name][run.pk] = points
+    return dict(sorted(by_metric.items()))
+
+
+def finished_runs(*, kind: str) -> QuerySet[TrainingRun]:
+    return list_runs(kind=kind, status=TrainingRun.Status.SUCCEEDED)
+
+
+def recent_jobs(*, project=None, run: TrainingRun | None = None, limit: int = 10) -> list[Job]:
+    jobs = Job.objects.select_related("project", "training_run", "created_by")
+    if project is not None:
+        jobs = jobs.filter(project=project)
+    if run is not None:
+        jobs = jobs.filter(training_run=run)
+    return list(jobs[:limit])
+
+
+# --- Presentation helpers for the run page ------------------------------------------------------------------
+
+
+def config_class_for(kind: str) -> type:
+    """The trainer's config dataclass for a run kind."""
+    if kind == TrainingRun.Kind.RM:
+        from training.rlhf.rm_config import RewardModelConfig
+
+        return RewardModelConfig
+    from training.rlhf.ppo_config import PPOConfig
+
+    return PPOConfig
+
+
+def config_rows(run: TrainingRun) -> list[dict[str, Any]]:
+    """The run's config as rows (name, value, help, whether it differs from the default)."""
+    from training.rlhf.configs import describe_fields
+
+    config = dict(run.config or {})
+    rows = []
+    try:
+        described = describe_fields(config_class_for(run.kind))
+    except ImportError:  # pragma: no cover - a trainer module missing from an install
+        described = []
+    for desc in described:
+        if desc["name"] in config:
+            value = config.pop(desc["name"])
+            rows.append({"name": desc["name"], "value": value, "help": desc["help"],
+                         "changed": value != desc["default"]})
+    for name, value in sorted(config.items()):
+        rows.append({"name": name, "value": value, "help": "", "changed": True})
+    return rows
+
+
+# Figures shown first, in this order (JSON from PostgreSQL's jsonb comes back with its keys re-ordered, so the
+# page orders them itself); the rest alphabetically, numbers naturally ("4" < "9" < "10").
+FIGURE_ORDER = ["accuracy", "oracle_score", "rm_score", "win_rate", "kl", "reward", "pairs", "rankings", "prompts",
+                "mean_margin", "loss", "response_length", "eos_rate", "n_prompts"]
+
+
+def _figure_key(key: Any) -> tuple:
+    text = str(key)
+    if text in FIGURE_ORDER:
+        return (0, FIGURE_ORDER.index(text), 0, "")
+    if text.isdigit():
+        return (1, 0, int(text), "")
+    return (2, 0, 0, text)
+
+
+def _ordered(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    return sorted(data.items(), key=lambda item: _figure_key(item[0]))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in _ordered(data):
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flatten(value, name + ".")
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
+
+
+def _collect(data: dict[str, Any], prefix: str, view: dict[str, Any]) -> None:
+    """Scalars as dotted rows; dicts of dicts (per annotator, per K…) as tables; lists only when short."""
+    for key, value in _ordered(data):
+        name = f"{prefix}{key}"
+        if _is_table(value):
+            columns: list[str] = []
+            for inner in value.values():
+                columns += [c for c in inner if c not in columns and not isinstance(inner[c], dict | list)]
+            columns.sort(key=_figure_key)
+            view["tables"].append({
+                "title": name.replace("_", " "), "columns": columns,
+                "rows": [{"key": k, "cells": [v.get(c) for c in columns]} for k, v in _ordered(value)],
+            })
+        elif isinstance(value, dict):
+            _collect(value, name + ".", view)
+        elif not isinstance(value, list) or len(value) <= 20:
+            view["rows"].append({"name": name, "value": value})
+
+
+def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Shape a run's evaluation for display.
+
+    - comparison: when it holds "before" and "after" dicts (PPO), one row per figure with both and the change;
+    - tables: dicts of dicts (accuracy per annotator, per K…) as tables with the union of inner keys as columns;
+    - rows: every other figure, flattened to dotted names.
+    """
+    evaluation = dict(evaluation or {})
+    view: dict[str, Any] = {"comparison": [], "tables": [], "rows": [], "empty": not evaluation}
+    before, after = evaluation.get("before"), evaluation.get("after")
+    if isinstance(before, dict) and isinstance(after, dict):
+        evaluation.pop("before")
+        evaluation.pop("after")
+        evaluation.pop("delta", None)  # the comparison has a change column
+        flat_before, flat_after = dict(_flatten(before)), dict(_flatten(after))
+        names = sorted({*flat_before, *flat_after}, key=_figure_key)
+        for name in names:
+            b, a = flat_before.get(name), flat_after.get(name)
+            delta = a - b if _number(a) is not None and _number(b) is not None else None
+            view["comparison"].append({"name": name, "before": b, "after": a, "delta": delta})
+    _collect(evaluation, "", view)
+    return view

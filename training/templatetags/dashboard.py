@@ -1,0 +1,70 @@
+"""Small formatting filters for the dashboard templates."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import timedelta
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    """A timedelta as "2h 05m", "3m 07s" or "12s"; "–" when missing."""
+    if value is None:
+        return "–"
+    seconds = int(value.total_seconds())
+    if seconds < 0:
+        return "–"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+@register.filter
+def num(value, digits: int = 4) -> str:
+    """A number with `digits` significant digits (ints as they are); other values unchanged."""
+    if isinstance(value, bool) or value is None:
+        return "–" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == 0:
+            return "0"
+        return f"{value:.{int(digits)}g}"
+    return str(value)
+
+
+@register.filter
+def pct(value, digits: int = 1) -> str:
+    """0.7312 → "73.1 %"; "–" when missing."""
+    if value is None or isinstance(value, bool):
+        return "–"
+    try:
+        return f"{100 * float(value):.{int(digits)}f} %"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@register.filter
+def as_json(value) -> str:
+    """Compact JSON of a config value (lists, dicts, strings shown as in config.json)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+@register.filter
+def signed(value) -> str:
+    if value is None:
+        return "–"
+    return ("+" if value > 0 else "") + num(value)
