@@ -1,29 +1,60 @@
 """The demo: the whole RLHF loop on the demo task, on this machine, then the app to explore it.
 
-Each stage calls the same services the UI and the commands use; nothing here is demo-only logic except the
-choice of sizes.
+Each stage calls the services the UI and the commands use — the import service, the sampler, the annotation
+queue and submit path (through simulated annotators), the exporter, the dashboard's launch functions, the
+django-tasks queue and a real `db_worker` that runs train_rm / train_ppo as child processes. Nothing here is
+demo-only logic except the choice of sizes (`DemoPlan`) and the orchestration.
+
+Re-running is cheap: the model build, import, sampling and annotation stages continue where they stopped, and
+a reward-model / PPO / new-round stage whose result already exists for the same data is reused.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.db import transaction
+
+from annotate.models import DatasetSnapshot, Project, Prompt, Ranking, Response
+from training import roots
+from training.models import Job, TrainingRun
 
 Out = Callable[[str], None]
 
 DEMO_STAFF = "admin"
 DEMO_ANNOTATORS = ("alice", "bob")
+DEMO_PROJECT = "Demo: short reviews"
+DEMO_GUIDELINES = """\
+## Ranking short reviews
+
+Each prompt asks for a short review of a place. Rank the responses from best to worst.
+
+A good response **answers the prompt** (it is about the place asked for), is **positive and specific**
+(varied, concrete praise rather than one word repeated), reads as **real sentences**, and **ends properly**
+(a full stop or an exclamation mark, not cut off mid-word). Very short and very long answers are worse.
+
+Tie responses you cannot tell apart. Rate each response 1–7, flag broken or unhelpful text, and tick
+"all responses are bad" when none is acceptable.
+"""
+# Where the demo runs' config placeholders go until the launch writes the real paths (see jobs.launch_run).
+GENERATED = "__generated__"
+POLL_SECONDS = 0.5
+WORKER_START_SECONDS = 60
 
 
 class DemoSize(StrEnum):
@@ -31,17 +62,72 @@ class DemoSize(StrEnum):
     FULL = "full"
 
 
+class DemoError(RuntimeError):
+    """A stage of the demo could not complete; the message says which and where to look."""
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How big each stage is. `full` is the README's figure; `small` is the quick variant the tests run."""
+
+    prompts: int  # distinct demo prompts imported into round 1 (the demo pool holds 120)
+    k: int  # responses sampled per prompt, within the project's 4–9
+    annotators_per_prompt: int
+    simulated_annotators: int
+    agreement: float  # target pairwise agreement of the simulated annotators (InstructGPT's labelers: ~0.73)
+    max_new_tokens: int
+    export_test_fraction: float
+    rm: dict[str, Any]  # RewardModelConfig overrides
+    ppo: dict[str, Any]  # PPOConfig overrides
+    new_round_prompts: int
+    new_round_baseline: int  # responses per prompt from the starting policy (blind A/B), the rest from PPO
+
+
+PLANS = {
+    DemoSize.FULL: DemoPlan(
+        prompts=120, k=6, annotators_per_prompt=2, simulated_annotators=3, agreement=0.73, max_new_tokens=48,
+        export_test_fraction=0.15,
+        rm={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 128,
+            "checkpoint_every": 20, "eval_every": 10, "log_every": 5},
+        ppo={"total_episodes": 1280, "rollout_batch_size": 32, "mini_batch_size": 16, "micro_batch_size": 16,
+             "ppo_epochs": 4, "response_length": 24, "eval_fraction": 0.2, "eval_max_prompts": 64,
+             "sample_every": 5, "checkpoint_every": 10},
+        new_round_prompts=40, new_round_baseline=2,
+    ),
+    DemoSize.SMALL: DemoPlan(
+        prompts=48, k=4, annotators_per_prompt=2, simulated_annotators=2, agreement=0.73, max_new_tokens=32,
+        export_test_fraction=0.25,
+        rm={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 96,
+            "checkpoint_every": 0, "log_every": 2},
+        ppo={"iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8,
+             "ppo_epochs": 1, "response_length": 16, "eval_fraction": 0.25, "eval_max_prompts": 8,
+             "sample_every": 1, "samples_per_table": 4, "checkpoint_every": 0},
+        new_round_prompts=4, new_round_baseline=1,
+    ),
+}
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     size: DemoSize = DemoSize.FULL
     seed: int = 0
+    fresh: bool = False
 
 
 @dataclass
 class DemoResult:
     model_dir: Path
     credentials: dict[str, str]
+    project_id: int | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    run_ids: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["model_dir"] = str(self.model_dir)
+        data.pop("credentials")  # never written to disk
+        return data
 
 
 def demo_model_dir() -> Path:
@@ -58,6 +144,9 @@ def _stage(name: str, out: Out, timings: dict[str, float]) -> Iterator[None]:
     out(f"   done in {timings[name]:.1f} s")
 
 
+# --- Users and the project ------------------------------------------------------------------------------
+
+
 def ensure_demo_users(*, seed_password: str | None = None) -> dict[str, str]:
     """Create (or reset) the demo staff user and annotators; returns username → fresh password."""
     user_model = get_user_model()
@@ -72,31 +161,388 @@ def ensure_demo_users(*, seed_password: str | None = None) -> dict[str, str]:
     return credentials
 
 
-def run_demo(*, options: DemoOptions, out: Out, style=None) -> DemoResult:
+def ensure_demo_project(*, plan: DemoPlan) -> Project:
+    """The demo project (created once; its settings follow the plan), with the human annotators as members."""
+    project, _ = Project.objects.update_or_create(
+        name=DEMO_PROJECT,
+        defaults={
+            "description": "The demo task: short reviews of places, scored by a hidden oracle (training/rlhf/"
+                           "demo_task.py). Round 1 is ranked by simulated annotators; later rounds are for you.",
+            "guidelines": DEMO_GUIDELINES, "k_min": 4, "k_max": 9,
+            "annotators_per_prompt": plan.annotators_per_prompt,
+        },
+    )
+    project.annotators.add(*get_user_model().objects.filter(username__in=DEMO_ANNOTATORS))
+    return project
+
+
+def reset_demo(*, out: Out) -> None:
+    """Delete the demo project with everything recorded about it, and the files its runs and snapshots wrote
+    under the configured roots (nothing outside them is touched)."""
+    project = Project.objects.filter(name=DEMO_PROJECT).first()
+    if project is None:
+        return
+    runs = list(TrainingRun.objects.filter(project=project))
+    snapshots = list(DatasetSnapshot.objects.filter(project=project))
+    paths = [Path(r.output_dir) for r in runs if r.output_dir] + [Path(s.path) for s in snapshots]
+    with transaction.atomic():
+        Job.objects.filter(project=project).delete()
+        TrainingRun.objects.filter(pk__in=[r.pk for r in runs]).delete()
+        DatasetSnapshot.objects.filter(pk__in=[s.pk for s in snapshots]).delete()
+        project.delete()
+    for path in paths:
+        if roots.is_inside(path, roots.runs_root()) or roots.is_inside(path, roots.data_root()):
+            shutil.rmtree(path, ignore_errors=True)
+    out(f"   removed the earlier demo project, {len(runs)} run(s) and {len(snapshots)} snapshot(s)")
+
+
+# --- The worker and the web server ---------------------------------------------------------------------
+
+
+class DemoServices:
+    """A `db_worker` (always: it executes the queued runs) and, when serving, the web server, as child
+    processes on the database this process uses, logging to files under `log_dir`."""
+
+    def __init__(self, *, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.worker: subprocess.Popen | None = None
+        self.web: subprocess.Popen | None = None
+        self._logs: list[Any] = []
+
+    def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
+        from training.tasks import child_environment
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / log_name, "ab")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        return subprocess.Popen(
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args], stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, env=child_environment(), cwd=str(settings.BASE_DIR),
+        )
+
+    @property
+    def worker_log(self) -> Path:
+        return self.log_dir / "worker.log"
+
+    @property
+    def web_log(self) -> Path:
+        return self.log_dir / "web.log"
+
+    def start_worker(self) -> None:
+        if self.worker is None or self.worker.poll() is not None:
+            self.worker = self._start(["db_worker", "--no-startup-delay", "--no-reload"], "worker.log")
+
+    def start_web(self, addr: str) -> None:
+        self.web = self._start(["runserver", addr, "--noreload", "--skip-checks"], "web.log")
+        time.sleep(2)
+        if self.web.poll() is not None:
+            from training.tasks import tail_text
+
+            raise DemoError(f"The web server could not start on {addr}:\n{tail_text(self.web_log, max_bytes=2000)}"
+                            f"\nPass another address with --addr HOST:PORT.")
+
+    def check_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is not None:
+            from training.tasks import tail_text
+
+            raise DemoError(f"The job worker stopped (exit {self.worker.returncode}); its log {self.worker_log}:\n"
+                            + tail_text(self.worker_log, max_bytes=3000))
+
+    def wait_web(self) -> None:
+        if self.web is not None:
+            self.web.wait()
+
+    def stop(self) -> None:
+        for child in (self.web, self.worker):
+            if child is not None and child.poll() is None:
+                child.terminate()
+        for child in (self.web, self.worker):
+            if child is not None:
+                try:
+                    child.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+
+def _bar(total: int | None, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+
+
+def wait_for_run(*, run: TrainingRun, services: DemoServices, desc: str, total: int | None = None) -> TrainingRun:
+    """Wait for the worker to finish `run`, with a progress bar over its steps; raise DemoError unless it
+    succeeded."""
+    bar = _bar(total, desc)
+    try:
+        while True:
+            run.refresh_from_db()
+            summary = run.summary or {}
+            planned = summary.get("total_steps") or total
+            if planned and bar.total != planned:
+                bar.total = planned
+            step = int(summary.get("step") or 0)
+            if step > bar.n:
+                bar.update(step - bar.n)
+                shown = {k: f"{summary[k]:.3f}" for k in ("loss", "accuracy", "reward", "kl", "oracle_score")
+                         if isinstance(summary.get(k), int | float)}
+                bar.set_postfix(shown, refresh=False)
+            if not run.is_active:
+                break
+            services.check_worker()
+            time.sleep(POLL_SECONDS)
+    finally:
+        bar.close()
+    if run.status != TrainingRun.Status.SUCCEEDED:
+        error = (run.error or "").strip().splitlines()[-12:]
+        raise DemoError(f"{run} ended {run.status}. Log: {run.log_path}\n" + "\n".join(error))
+    return run
+
+
+def wait_for_job(*, job: Job, services: DemoServices) -> Job:
+    while True:
+        job.refresh_from_db()
+        if not job.is_active:
+            break
+        services.check_worker()
+        time.sleep(POLL_SECONDS)
+    if job.status != Job.Status.SUCCEEDED:
+        raise DemoError(f"{job} failed:\n{job.error}")
+    return job
+
+
+# --- The stages ----------------------------------------------------------------------------------------
+
+
+def import_demo_prompts(*, project: Project, plan: DemoPlan, seed: int, out: Out):
+    """Write the demo prompts as a JSONL file under the data root and import it with the import service."""
+    from annotate.services.importing import import_file
+    from training.rlhf.demo_task import DEMO_TASK, demo_prompts
+
+    path = roots.data_root() / "demo" / f"prompts-{plan.prompts}-seed{seed}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": f"demo-{i + 1}", "prompt": text, "metadata": {"task": DEMO_TASK}})
+             for i, text in enumerate(demo_prompts(n=min(plan.prompts, 120), seed=seed))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    summary = import_file(path=path, project_name=project.name, round=1, progress=True)
+    out(f"   {summary}")
+    return summary
+
+
+def current_rankings_hash(*, project: Project, plan: DemoPlan, seed: int) -> str:
+    from annotate.services.exporting import ExportParams, build_records, content_hash
+
+    params = ExportParams(format="datasets", test_fraction=plan.export_test_fraction, seed=seed, rounds=[1])
+    return content_hash(build_records(project=project, params=params))
+
+
+def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, staff,
+                       services: DemoServices, out: Out) -> TrainingRun:
+    """Export round 1 as a snapshot and train the reward model on it (reusing a run on identical data)."""
+    from annotate.services.exporting import export_snapshot, snapshot_dir_for
+    from training.jobs import launch_rm_run
+    from training.rlhf.rm_config import RewardModelConfig
+
+    digest = current_rankings_hash(project=project, plan=plan, seed=seed)
+    done = (TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, project=project, snapshot__content_hash=digest,
+                                       status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first())
+    if done is not None:
+        out(f"   reusing {done}: it trained on this exact data (snapshot {digest[:12]})")
+        return done
+    snapshot = export_snapshot(project=project, out_dir=snapshot_dir_for(project=project, name=f"demo-{digest[:12]}"),
+                               format="datasets", test_fraction=plan.export_test_fraction, seed=seed, rounds=[1],
+                               created_by=staff, overwrite=True)
+    kwise, pairs = snapshot.counts.get("kwise", {}), snapshot.counts.get("pairwise", {})
+    out(f"   snapshot {snapshot.content_hash[:12]} at {snapshot.path}: {kwise.get('train', '?')} train / "
+        f"{kwise.get('test', '?')} held-out rankings ({pairs.get('train', '?')} / {pairs.get('test', '?')} pairs)")
+    config = RewardModelConfig(model=str(model_dir), dataset=snapshot.path, output_dir=GENERATED, seed=seed,
+                               **plan.rm)
+    run = launch_rm_run(config=config, snapshot=snapshot, name="demo reward model", created_by=staff)
+    out(f"   queued {run}; the worker trains it: /dashboard/runs/{run.pk}/")
+    return wait_for_run(run=run, services=services, desc="reward model")
+
+
+def ppo_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, rm_run: TrainingRun, staff,
+              services: DemoServices, out: Out) -> TrainingRun:
+    """PPO from the tiny policy, scored by the demo reward model, on the project's prompts."""
+    from training.jobs import launch_ppo_run
+    from training.rlhf.ppo_config import PPOConfig
+    from training.selectors import run_model_dir
+
+    done = (TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO, reward_model_run=rm_run,
+                                       status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first())
+    if done is not None:
+        out(f"   reusing {done}: it was trained with this reward model")
+        return done
+    rm_dir = run_model_dir(rm_run)
+    if rm_dir is None:
+        raise DemoError(f"{rm_run} left no reward model in {rm_run.output_dir}")
+    config = PPOConfig(policy=str(model_dir), reward_model=str(rm_dir), prompts=GENERATED, output_dir=GENERATED,
+                       task="demo", seed=seed, **plan.ppo)
+    run = launch_ppo_run(config=config, reward_model_run=rm_run, project=project, name="demo PPO", created_by=staff)
+    out(f"   queued {run}: {config.num_iterations} iterations of {config.rollout_batch_size} rollouts; "
+        f"live at /dashboard/runs/{run.pk}/")
+    return wait_for_run(run=run, services=services, desc="PPO", total=config.num_iterations)
+
+
+def new_round_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, ppo_run: TrainingRun,
+                    staff, services: DemoServices, out: Out) -> dict[str, Any]:
+    """Round 2: the PPO policy's responses (mixed blind with the starting policy's) for humans to rank."""
+    from training.jobs import launch_new_round
+    from training.selectors import run_model_dir
+
+    existing = Prompt.objects.filter(project=project, round__gte=2, responses__training_run=ppo_run).distinct()
+    if existing.exists():
+        rounds = sorted(set(existing.values_list("round", flat=True)))
+        out(f"   reusing round {rounds[-1]}: sampled from {ppo_run} already")
+        return {"round": rounds[-1], "prompts": existing.filter(round=rounds[-1]).count(), "reused": True}
+    policy = run_model_dir(ppo_run)
+    if policy is None:
+        raise DemoError(f"{ppo_run} left no policy in {ppo_run.output_dir}")
+    job = launch_new_round(
+        project=project, model_path=policy, training_run=ppo_run, k=plan.k, from_round=1,
+        sampling={"max_new_tokens": plan.max_new_tokens, "seed": seed + 1, "batch_size": 32},
+        max_prompts=plan.new_round_prompts, baseline_model_path=model_dir, baseline_k=plan.new_round_baseline,
+        created_by=staff,
+    )
+    out(f"   queued {job}")
+    job = wait_for_job(job=job, services=services)
+    return dict(job.result)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and math.isfinite(value) else "–"
+
+
+def demo_services() -> DemoServices:
+    return DemoServices(log_dir=Path(settings.VAR_DIR) / "logs")
+
+
+def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_addr: str | None = None) -> DemoResult:
+    """Run the loop (see the module docstring) with `services`' worker executing the queued runs. With
+    `serve_addr`, the web server starts right after the set-up so the runs can be watched live. The caller
+    stops the services (`serve_forever` keeps them up until Ctrl+C)."""
+    from annotate.services.sampling import sample_project_responses
+    from annotate.services.simulation import simulate_annotations
+    from annotate.services.stats import project_quality
     from training.rlhf.tiny_model import build_tiny_model
 
+    plan = PLANS[options.size]
+    seed = options.seed
     timings: dict[str, float] = {}
-    with _stage("1. Database, tiny model and demo users", out, timings):
+    started = time.monotonic()
+    with _stage("1. Database, tiny model, users and the demo project", out, timings):
         call_command("migrate", verbosity=0)
+        if options.fresh:
+            reset_demo(out=out)
         model_dir = build_tiny_model(demo_model_dir(), progress=True, log=out)
         out(f"   tiny policy + tokenizer: {model_dir}")
         credentials = ensure_demo_users()
-    return DemoResult(model_dir=model_dir, credentials=credentials, stage_seconds=timings)
+        project = ensure_demo_project(plan=plan)
+        staff = get_user_model().objects.get(username=DEMO_STAFF)
+        result = DemoResult(model_dir=model_dir, credentials=credentials, project_id=project.pk,
+                            stage_seconds=timings)
+        services.start_worker()
+        out(f"   job worker started (log: {services.worker_log})")
+        if serve_addr:
+            services.start_web(serve_addr)
+            out(f"   serving on http://{serve_addr}/ (log: {services.web_log}); watch the runs live at "
+                f"http://{serve_addr}/dashboard/")
+            print_credentials(result=result, addr=serve_addr, out=out)
+
+    with _stage(f"2. Import {plan.prompts} demo prompts and sample K={plan.k} responses each", out, timings):
+        imported = import_demo_prompts(project=project, plan=plan, seed=seed, out=out)
+        sampled = sample_project_responses(
+            project=project, model=model_dir, k=plan.k, max_new_tokens=plan.max_new_tokens, batch_size=32,
+            seed=seed, round=1, progress=True,
+        )
+        out(f"   {sampled}")
+        result.figures["prompts"] = Prompt.objects.filter(project=project, round=1).count()
+        result.figures["imported"] = imported.imported
+
+    with _stage(f"3. {plan.simulated_annotators} simulated annotators rank them (queue + submit, target "
+                f"agreement {plan.agreement})", out, timings):
+        simulated = simulate_annotations(project=project, annotators=plan.simulated_annotators,
+                                         agreement=plan.agreement, seed=seed, progress=True)
+        for line in simulated.lines():
+            out(f"   {line}")
+        quality = project_quality(project=project, rounds=[1])
+        measured = quality["overall"]["agreement"]
+        result.figures.update(rankings=quality["rankings"], agreement=measured,
+                              tau_b=quality["overall"]["tau_b"])
+        out(f"   {quality['rankings']} rankings; measured pairwise agreement between annotators "
+            f"{_num(measured)} (Kendall tau-b {_num(quality['overall']['tau_b'])})")
+
+    with _stage("4. Export a snapshot and train the reward model", out, timings):
+        rm_run = reward_model_stage(project=project, plan=plan, seed=seed, model_dir=model_dir, staff=staff,
+                                    services=services, out=out)
+        result.run_ids["rm"] = rm_run.pk
+        heldout = (rm_run.evaluation or {}).get("heldout", {})
+        oracle = heldout.get("oracle") or {}
+        result.figures.update(rm_accuracy=heldout.get("accuracy"), rm_oracle_accuracy=oracle.get("accuracy"),
+                              rm_pairs=heldout.get("pairs"), rm_oracle_pairs=oracle.get("pairs"))
+        out(f"   held-out pairwise accuracy: {_num(heldout.get('accuracy'))} against the annotators "
+            f"({heldout.get('pairs', 0)} pairs), {_num(oracle.get('accuracy'))} against the hidden oracle "
+            f"({oracle.get('pairs', 0)} pairs); chance is 0.5")
+
+    with _stage("5. PPO from the tiny policy with that reward model", out, timings):
+        ppo_run = ppo_stage(project=project, plan=plan, seed=seed, model_dir=model_dir, rm_run=rm_run,
+                            staff=staff, services=services, out=out)
+        result.run_ids["ppo"] = ppo_run.pk
+        before = (ppo_run.evaluation or {}).get("before", {})
+        after = (ppo_run.evaluation or {}).get("after", {})
+        result.figures["ppo_before"], result.figures["ppo_after"] = before, after
+        out(f"   held-out prompts ({after.get('n_prompts', '?')}):   before  →  after")
+        for key, label in (("oracle_score", "oracle score"), ("rm_score", "RM score"),
+                           ("kl", "KL to the start (nats)"), ("eos_rate", "ends properly (EOS)")):
+            out(f"     {label:<24} {_num(before.get(key)):>7}  →  {_num(after.get(key))}")
+        out(f"     {'win rate vs the start':<24} {'':>7}     {_num(after.get('win_rate'))} (under the RM)")
+
+    with _stage("6. A new round sampled from the PPO policy, for humans to rank", out, timings):
+        new_round = new_round_stage(project=project, plan=plan, seed=seed, model_dir=model_dir,
+                                    ppo_run=ppo_run, staff=staff, services=services, out=out)
+        result.figures["new_round"] = new_round
+        n_responses = Response.objects.filter(prompt__project=project, prompt__round=new_round["round"]).count()
+        out(f"   round {new_round['round']}: {new_round.get('prompts')} prompts, {n_responses} responses "
+            f"({plan.k - plan.new_round_baseline} from the PPO policy and {plan.new_round_baseline} from the "
+            f"starting policy per prompt, shown blind)")
+
+    total = round(time.monotonic() - started, 1)
+    result.figures["total_seconds"] = total
+    result.figures["rankings_total"] = Ranking.objects.filter(prompt__project=project).count()
+    summary_path = Path(settings.VAR_DIR) / f"demo-{options.size}.json"
+    summary_path.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    out(f"\nThe loop took {total / 60:.1f} min ({total:.0f} s); figures in {summary_path}")
+    return result
 
 
-def serve(*, addr: str, result: DemoResult, out: Out) -> None:
-    """Serve the app with a job worker beside it until Ctrl+C."""
+def print_credentials(*, result: DemoResult, addr: str, out: Out) -> None:
     out("\nLog in at http://" + addr + "/ with:")
     for username, password in result.credentials.items():
-        role = "staff" if username == DEMO_STAFF else "annotator"
+        role = "staff: dashboard, launches, admin" if username == DEMO_STAFF else "annotator"
         out(f"   {username:<8} {password}   ({role})")
-    out("Dashboard: http://" + addr + "/dashboard/   Admin: http://" + addr + "/admin/   Ctrl+C stops.\n")
-    worker = subprocess.Popen([sys.executable, "manage.py", "db_worker"], cwd=settings.BASE_DIR)
+
+
+def serve_forever(*, addr: str, result: DemoResult, services: DemoServices, out: Out) -> None:
+    """Keep the web server and the worker running until Ctrl+C, after saying where to click."""
+    print_credentials(result=result, addr=addr, out=out)
+    base = f"http://{addr}"
+    rm, ppo = result.run_ids.get("rm"), result.run_ids.get("ppo")
+    out("\nWhere to click:")
+    out(f"   {base}/dashboard/                          runs: the reward model and PPO with their curves")
+    if rm:
+        out(f"   {base}/dashboard/runs/{rm}/                  the reward model: accuracy, calibration, log")
+    if ppo:
+        out(f"   {base}/dashboard/runs/{ppo}/                  PPO: reward/KL curves, samples, before/after")
+    if result.project_id:
+        out(f"   {base}/dashboard/projects/{result.project_id}/              agreement, biases, progress")
+    out(f"   {base}/  (as alice or bob)             rank the new round: the PPO policy vs the start, blind")
+    out(f"   {base}/admin/                              everything in the database\nCtrl+C stops.\n")
     try:
-        call_command("runserver", addr, use_reloader=False)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        services.wait_web()
+    except KeyboardInterrupt:
+        out("\nStopping the web server and the worker…")

@@ -108,6 +108,15 @@ class DatabaseReporter:
             TrainingRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
             self._last_heartbeat = now
 
+    def on_start(self, *, total_steps: int, start_step: int = 0) -> None:
+        """The planned number of steps (RM optimizer steps, PPO iterations), for progress displays."""
+        summary = dict(self.run.summary or {})
+        summary["total_steps"] = int(total_steps)
+        summary.setdefault("step", int(start_step))
+        self.run.summary = summary
+        TrainingRun.objects.filter(pk=self.run.pk).update(summary=summary)
+        self.heartbeat(force=True)
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         rows = [
             Metric(run=self.run, step=step, name=name, value=float(value))

@@ -201,6 +201,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Runs and jobs both have `kind` and `status` choices: name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "TrainingRunKindEnum": "training.models.TrainingRun.Kind",
+        "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
+        "JobKindEnum": "training.models.Job.Kind",
+        "JobStatusEnum": "training.models.Job.Status",
+    },
 }
 
 LOGGING = {

@@ -40,6 +40,8 @@ class PPOProgress(ProgressReporter):
     """The run's reporter plus a progress bar over iterations and the graceful stop on SIGINT/SIGTERM."""
 
     def start(self, *, total: int) -> None:
+        if hasattr(self.inner, "on_start"):
+            self.inner.on_start(total_steps=total, start_step=0)
         if self.progress:
             from tqdm import tqdm
 

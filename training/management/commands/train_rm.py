@@ -112,6 +112,8 @@ class ProgressReporter:
                           "(send it again to abort at once)")
 
     def on_start(self, *, total_steps: int, start_step: int) -> None:
+        if hasattr(self.inner, "on_start"):
+            self.inner.on_start(total_steps=total_steps, start_step=start_step)
         if self.progress:
             from tqdm import tqdm
 
