@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +27,9 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import transaction
+from django.db.models import Count
 
-from annotate.models import DatasetSnapshot, Project, Prompt, Ranking, Response
+from annotate.models import Project, Prompt, Ranking, Response
 from training import roots
 from training.models import Job, TrainingRun
 
@@ -85,7 +84,7 @@ class DemoPlan:
 
 PLANS = {
     DemoSize.FULL: DemoPlan(
-        prompts=120, k=6, annotators_per_prompt=2, simulated_annotators=3, agreement=0.73, max_new_tokens=48,
+        prompts=120, k=8, annotators_per_prompt=3, simulated_annotators=4, agreement=0.73, max_new_tokens=48,
         export_test_fraction=0.15,
         rm={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 128,
             "checkpoint_every": 20, "eval_every": 10, "log_every": 5},
@@ -95,9 +94,9 @@ PLANS = {
         new_round_prompts=40, new_round_baseline=2,
     ),
     DemoSize.SMALL: DemoPlan(
-        prompts=48, k=4, annotators_per_prompt=2, simulated_annotators=2, agreement=0.73, max_new_tokens=32,
+        prompts=48, k=6, annotators_per_prompt=2, simulated_annotators=2, agreement=0.73, max_new_tokens=32,
         export_test_fraction=0.25,
-        rm={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 96,
+        rm={"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 96,
             "checkpoint_every": 0, "log_every": 2},
         ppo={"iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8,
              "ppo_epochs": 1, "response_length": 16, "eval_fraction": 0.25, "eval_max_prompts": 8,
@@ -161,10 +160,10 @@ def ensure_demo_users(*, seed_password: str | None = None) -> dict[str, str]:
     return credentials
 
 
-def ensure_demo_project(*, plan: DemoPlan) -> Project:
+def ensure_demo_project(*, name: str, plan: DemoPlan) -> Project:
     """The demo project (created once; its settings follow the plan), with the human annotators as members."""
     project, _ = Project.objects.update_or_create(
-        name=DEMO_PROJECT,
+        name=name,
         defaults={
             "description": "The demo task: short reviews of places, scored by a hidden oracle (training/rlhf/"
                            "demo_task.py). Round 1 is ranked by simulated annotators; later rounds are for you.",
@@ -176,24 +175,19 @@ def ensure_demo_project(*, plan: DemoPlan) -> Project:
     return project
 
 
-def reset_demo(*, out: Out) -> None:
-    """Delete the demo project with everything recorded about it, and the files its runs and snapshots wrote
-    under the configured roots (nothing outside them is touched)."""
-    project = Project.objects.filter(name=DEMO_PROJECT).first()
-    if project is None:
-        return
-    runs = list(TrainingRun.objects.filter(project=project))
-    snapshots = list(DatasetSnapshot.objects.filter(project=project))
-    paths = [Path(r.output_dir) for r in runs if r.output_dir] + [Path(s.path) for s in snapshots]
-    with transaction.atomic():
-        Job.objects.filter(project=project).delete()
-        TrainingRun.objects.filter(pk__in=[r.pk for r in runs]).delete()
-        DatasetSnapshot.objects.filter(pk__in=[s.pk for s in snapshots]).delete()
-        project.delete()
-    for path in paths:
-        if roots.is_inside(path, roots.runs_root()) or roots.is_inside(path, roots.data_root()):
-            shutil.rmtree(path, ignore_errors=True)
-    out(f"   removed the earlier demo project, {len(runs)} run(s) and {len(snapshots)} snapshot(s)")
+def demo_project_name(*, fresh: bool) -> str:
+    """The newest demo project (continued by a re-run), or with `fresh` a new one beside the earlier ones: a
+    fresh start never deletes what was ranked or trained before."""
+    names = set(Project.objects.filter(name__startswith=DEMO_PROJECT).values_list("name", flat=True))
+    if not fresh:
+        newest = Project.objects.filter(name__in=names).order_by("-pk").first()
+        return newest.name if newest else DEMO_PROJECT
+    if DEMO_PROJECT not in names:
+        return DEMO_PROJECT
+    number = 2
+    while f"{DEMO_PROJECT} ({number})" in names:
+        number += 1
+    return f"{DEMO_PROJECT} ({number})"
 
 
 # --- The worker and the web server ---------------------------------------------------------------------
@@ -333,6 +327,14 @@ def import_demo_prompts(*, project: Project, plan: DemoPlan, seed: int, out: Out
     return summary
 
 
+def round_one_rankings_needed(*, project: Project) -> int:
+    """Rankings round 1 still needs: per rankable prompt, annotators_per_prompt minus those it has."""
+    counts = (Prompt.objects.filter(project=project, round=1)
+              .annotate(n_responses=Count("responses", distinct=True), n_rankings=Count("rankings", distinct=True))
+              .filter(n_responses__gte=project.k_min).values_list("n_rankings", flat=True))
+    return sum(max(0, project.annotators_per_prompt - n) for n in counts)
+
+
 def current_rankings_hash(*, project: Project, plan: DemoPlan, seed: int) -> str:
     from annotate.services.exporting import ExportParams, build_records, content_hash
 
@@ -437,12 +439,11 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
     started = time.monotonic()
     with _stage("1. Database, tiny model, users and the demo project", out, timings):
         call_command("migrate", verbosity=0)
-        if options.fresh:
-            reset_demo(out=out)
         model_dir = build_tiny_model(demo_model_dir(), progress=True, log=out)
         out(f"   tiny policy + tokenizer: {model_dir}")
         credentials = ensure_demo_users()
-        project = ensure_demo_project(plan=plan)
+        project = ensure_demo_project(name=demo_project_name(fresh=options.fresh), plan=plan)
+        out(f"   project '{project.name}' (/dashboard/projects/{project.pk}/)")
         staff = get_user_model().objects.get(username=DEMO_STAFF)
         result = DemoResult(model_dir=model_dir, credentials=credentials, project_id=project.pk,
                             stage_seconds=timings)
@@ -466,10 +467,18 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
 
     with _stage(f"3. {plan.simulated_annotators} simulated annotators rank them (queue + submit, target "
                 f"agreement {plan.agreement})", out, timings):
-        simulated = simulate_annotations(project=project, annotators=plan.simulated_annotators,
-                                         agreement=plan.agreement, seed=seed, progress=True)
-        for line in simulated.lines():
-            out(f"   {line}")
+        needed = round_one_rankings_needed(project=project)
+        later_rounds = Prompt.objects.filter(project=project, round__gt=1).exists()
+        if needed and not later_rounds:
+            simulated = simulate_annotations(project=project, annotators=plan.simulated_annotators,
+                                             agreement=plan.agreement, seed=seed, progress=True)
+            for line in simulated.lines():
+                out(f"   {line}")
+        elif needed:
+            # The simulation takes whatever the queue offers; with a human round open it would rank that too.
+            out(f"   round 1 still needs {needed} ranking(s), but a later round is open for humans: not simulating")
+        else:
+            out("   round 1 is fully ranked already")
         quality = project_quality(project=project, rounds=[1])
         measured = quality["overall"]["agreement"]
         result.figures.update(rankings=quality["rankings"], agreement=measured,
@@ -517,6 +526,9 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
     summary_path = Path(settings.VAR_DIR) / f"demo-{options.size}.json"
     summary_path.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n", encoding="utf-8")
     out(f"\nThe loop took {total / 60:.1f} min ({total:.0f} s); figures in {summary_path}")
+    if not serve_addr:
+        print_credentials(result=result, addr="127.0.0.1:8000", out=out)
+        out("   (after `python manage.py runserver` and `python manage.py db_worker`; `make demo` does both)")
     return result
 
 

@@ -23,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Where to serve (default 127.0.0.1:8000).")
         parser.add_argument("--seed", type=int, default=0, help="Seed for prompts, sampling, annotators and training.")
         parser.add_argument("--fresh", action="store_true",
-                            help="Delete the earlier demo project, its runs and their files first, and start over.")
+                            help="Start over in a new demo project (the earlier ones, their rankings and runs are kept).")
 
     def handle(self, *args, **options):
         demo_options = DemoOptions(size=DemoSize(options["size"]), seed=options["seed"], fresh=options["fresh"])
