@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint serve screenshots clean
+.PHONY: demo test install lint screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The README's screenshots, from a real Chromium run over a demo database of its own (var/screenshots).
+screenshots: $(STAMP)
+	$(PY) docs/screenshots.py $(SCREENSHOT_ARGS)
 
 clean:
 	rm -rf var/test-cache .pytest_cache

@@ -1,12 +1,15 @@
 """Benchmark: this project's PPO trainer vs TRL's last PPO (`trl==1.12.0`, `trl.experimental.ppo.PPOTrainer`).
 
 Both train the same tiny demo policy against the same reward model on the same demo prompts with the same
-settings — rollout batch, response length, PPO epochs, mini-batches (one optimizer step per mini-batch),
-temperature, β (fixed, k1), clip ranges, vf coefficient, γ, λ, missing-EOS penalty, learning rate (TRL has one
-for policy and value: ours gets the same for both) — and report:
+settings — the same prompt token ids, rollout batch, response length, PPO epochs, mini-batches (one optimizer
+step per mini-batch), temperature, β (fixed, k1), clip ranges, vf coefficient, γ, λ, advantage whitening,
+missing-EOS penalty, AdamW with a constant learning rate (TRL has one for policy and value: ours gets the same
+for both) and no gradient clipping (TRL 1.12's PPO loop never clips, whatever `max_grad_norm` says) — and
+report:
 
 - seconds per PPO iteration (rollout + optimisation, model loading excluded), and rollout tokens/s
-  (generated tokens up to EOS over the time spent in generation);
+  (generated tokens up to and including the first EOS over the time spent in `generate`, counted and timed
+  the same way for both: a wrapper around each trainer's generation call);
 - reward gained per iteration: the slope of the rollouts' mean RM score over the iterations, and the change of
   the held-out RM score and demo-oracle score from the starting policy to the final one, divided by the
   iterations (the same evaluation, in this process, for both final policies: seeded samples of the held-out
@@ -22,10 +25,11 @@ the head), wrapped the way TRL's `get_reward` expects (`base_model_prefix`, `.sc
     python bench/bench_ppo_vs_trl.py --iterations 40 --update-results
     python bench/bench_ppo_vs_trl.py --skip-trl          # only this trainer
 
-Differences that remain (documented in RESULTS.md): TRL decays the learning rate linearly without warm-up (ours:
-the same peak, cosine, no warm-up here); TRL takes rollout log-probs from generate's scores and puts the score
-one token after EOS; ours recomputes them with a forward pass and puts the score on the EOS token.
-Not a test: nothing is asserted.
+Differences that remain (listed under the table): TRL takes rollout log-probs from generate's scores and puts
+the score one token after EOS; ours recomputes them with a forward pass and puts the score on the EOS token; a
+response cut at the length limit is scored as it is by TRL, with an EOS appended by ours (the RM's text format);
+TRL's update forwards the whole padded rollout width, ours trims each micro-batch to its longest response.
+Not a test: nothing is asserted; `main` returns the summary (tests/bench/test_bench_smoke_ppo.py).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ SECTION = "## PPO: this trainer vs TRL 1.12"
 DEFAULT_VENV = REPO_ROOT / "var" / "bench-venv"
 TRL_REQUIREMENTS = ("trl==1.12.0", "torch==2.13.0")
 CACHE = Path(os.environ.get("WORKBENCH_TEST_CACHE", REPO_ROOT / "var" / "test-cache"))
+MAX_PROMPT_LENGTH = 64  # prompts keep their last 64 tokens in both trainers (PPOConfig's default)
+HELDOUT_PROMPTS = 24
 
 
 # --- inputs: tiny model, reward model, prompts --------------------------------------------------------------
@@ -116,7 +122,26 @@ def write_prompts(work: Path) -> tuple[Path, list[str]]:
     path = work / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p, "metadata": {"task": DEMO_TASK}}) + "\n" for p in train),
                     encoding="utf-8")
-    return path, demo_prompts(n=24, seed=0, split="test")
+    return path, demo_prompts(n=HELDOUT_PROMPTS, seed=0, split="test")
+
+
+def prompt_token_ids(policy: Path, prompts: Path) -> list[list[int]]:
+    """The training prompts exactly as this trainer encodes them (sampling.encode_prompts: the tokenizer's own
+    special tokens, no trailing EOS, the last MAX_PROMPT_LENGTH tokens), handed to TRL as its dataset."""
+    from training.rlhf.policy import load_policy_tokenizer
+    from training.rlhf.ppo_trainer import load_prompts
+    from training.rlhf.sampling import encode_prompts
+
+    tokenizer = load_policy_tokenizer(str(policy))
+    return [ids[-MAX_PROMPT_LENGTH:] for ids in encode_prompts(tokenizer, [r.text for r in load_prompts(prompts)])]
+
+
+def tokens_to_first_stop(responses: torch.Tensor, stop_ids: list[int]) -> int:
+    """Generated tokens up to and including each row's first stop token (the whole width when it has none):
+    the count both trainers' rollout tokens/s are based on."""
+    stops = torch.isin(responses, torch.tensor(stop_ids, device=responses.device))
+    width = torch.full_like(responses[:, 0], responses.shape[1], dtype=torch.long)
+    return int(torch.where(stops.any(1), stops.long().argmax(1) + 1, width).sum())
 
 
 # --- this trainer --------------------------------------------------------------------------------------------
@@ -146,30 +171,50 @@ class _Collect:
 
 
 def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str, Any]:
+    from training.rlhf import ppo_trainer
     from training.rlhf.ppo_config import PPOConfig
-    from training.rlhf.ppo_trainer import train_ppo
 
     config = PPOConfig(
         policy=str(policy), reward_model=str(rm), prompts=str(prompts), output_dir=str(out), seed=args.seed,
         iterations=args.iterations, rollout_batch_size=args.rollout_batch_size, mini_batch_size=args.mini_batch_size,
         micro_batch_size=args.mini_batch_size, inference_batch_size=args.rollout_batch_size,
-        ppo_epochs=args.ppo_epochs, response_length=args.response_length, temperature=1.0, top_p=1.0,
+        max_prompt_length=MAX_PROMPT_LENGTH, ppo_epochs=args.ppo_epochs, response_length=args.response_length,
+        temperature=1.0, top_p=1.0, whiten_rewards=False, whiten_advantages=True, score_norm="none", reward_clip=0.0,
         missing_eos_penalty=args.missing_eos_penalty, kl_estimator="k1", init_kl_coef=args.kl_coef, kl_target=0.0,
         cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, lr=args.lr, critic_lr=args.lr,
-        warmup_ratio=0.0, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=args.max_grad_norm, evaluate=False,
+        warmup_ratio=0.0, min_lr_ratio=1.0, weight_decay=0.0, max_grad_norm=args.max_grad_norm, evaluate=False,
         eval_fraction=0.0, checkpoint_every=0, sample_every=0, cpu=True, bf16="false",
     )
+    # Time the generate call itself, as the TRL runner does (the trainer's own rollout_s also covers decoding
+    # and reward-model scoring).
+    timing = {"generate_s": 0.0, "tokens": 0, "widths": []}
+    original = ppo_trainer.generate_responses
+
+    def timed_generation(*a, **k):
+        started = time.perf_counter()
+        raw = original(*a, **k)
+        timing["generate_s"] += time.perf_counter() - started
+        timing["tokens"] += tokens_to_first_stop(raw, list(k["stop_token_ids"]))
+        timing["widths"].append(raw.shape[1])
+        return raw
+
     reporter = _Collect()
-    started = time.perf_counter()
-    train_ppo(config, reporter=reporter)
-    total = time.perf_counter() - started
+    ppo_trainer.generate_responses = timed_generation
+    try:
+        started = time.perf_counter()
+        ppo_trainer.train_ppo(config, reporter=reporter)
+        total = time.perf_counter() - started
+    finally:
+        ppo_trainer.generate_responses = original
     steps = [reporter.metrics[i] for i in sorted(reporter.metrics)]
-    generated = sum(m["tokens_per_s"] * m["rollout_s"] for m in steps)
     return {
         "iteration_s": [m["iteration_s"] for m in steps],
         "rm_score": [m["score"] for m in steps],  # RM score − missing-EOS penalty, as TRL's objective/scores
         "kl": [m["kl"] for m in steps],
-        "rollout_tokens_per_s": generated / sum(m["rollout_s"] for m in steps),
+        "rollout_tokens_per_s": timing["tokens"] / max(timing["generate_s"], 1e-9),
+        "generated_tokens": timing["tokens"],
+        "generate_s": timing["generate_s"],
+        "generation_width": sum(timing["widths"]) / max(1, len(timing["widths"])),
         "total_s": total,
         "policy_dir": str(out / "policy"),
     }
@@ -215,10 +260,10 @@ policy = AutoModelForCausalLM.from_pretrained(spec["policy"])
 reference = AutoModelForCausalLM.from_pretrained(spec["policy"])
 reward_model = ScalarModel(spec["rm_backbone"], spec["rm_head"])
 value_model = ScalarModel(spec["rm_backbone"], spec["value_head"])
-prompts = [json.loads(line)["prompt"] for line in Path(spec["prompts"]).read_text().splitlines() if line.strip()]
-dataset = datasets.Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in prompts]})
+# the prompts as the project's trainer encodes them (same token ids for both)
+dataset = datasets.Dataset.from_dict({"input_ids": spec["prompt_ids"]})
 
-timing = {"generate_s": 0.0, "tokens": 0}
+timing = {"generate_s": 0.0, "tokens": 0, "widths": []}
 original_generation = ppo_module.batch_generation
 
 
@@ -227,9 +272,10 @@ def timed_generation(model, queries, batch_size, pad_token_id, generation_config
     query_responses, logits = original_generation(model, queries, batch_size, pad_token_id, generation_config)
     timing["generate_s"] += time.perf_counter() - started
     responses = query_responses[:, queries.shape[1]:]
-    eos = responses == tokenizer.eos_token_id
-    first = torch.where(eos.any(1), eos.float().argmax(1) + 1, torch.full_like(eos[:, 0], responses.shape[1], dtype=torch.long))
-    timing["tokens"] += int(first.sum())
+    eos = responses == tokenizer.eos_token_id  # tokens up to and including the first EOS, as for this trainer
+    width = torch.full_like(responses[:, 0], responses.shape[1], dtype=torch.long)
+    timing["tokens"] += int(torch.where(eos.any(1), eos.long().argmax(1) + 1, width).sum())
+    timing["widths"].append(responses.shape[1])
     return query_responses, logits
 
 
@@ -241,7 +287,8 @@ config = PPOConfig(
     response_length=spec["response_length"], total_episodes=spec["rollout_batch_size"] * spec["iterations"],
     temperature=1.0, kl_coef=spec["kl_coef"], kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
     gamma=1.0, lam=0.95, whiten_rewards=False, missing_eos_penalty=spec["missing_eos_penalty"], stop_token="eos",
-    learning_rate=spec["lr"], max_grad_norm=spec["max_grad_norm"], num_sample_generations=0, report_to="none",
+    learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+    max_grad_norm=spec["max_grad_norm"], num_sample_generations=0, report_to="none",
     logging_steps=1, save_strategy="no", seed=spec["seed"], bf16=False, use_cpu=True, disable_tqdm=True,
 )
 trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=reference,
@@ -268,6 +315,10 @@ result = {
     "rm_score": [m["objective/scores"] for m in logged],
     "kl": [m["objective/kl"] for m in logged],
     "rollout_tokens_per_s": timing["tokens"] / max(timing["generate_s"], 1e-9),
+    "generated_tokens": timing["tokens"],
+    "generate_s": timing["generate_s"],
+    "generation_width": sum(timing["widths"]) / max(1, len(timing["widths"])),
+    "lr": [m["lr"] for m in logged],
     "total_s": total,
     "policy_dir": spec["out"] + "/policy",
 }
@@ -311,7 +362,8 @@ def export_for_trl(rm_dir: Path, work: Path) -> dict[str, str]:
 
 def run_trl(args, python: Path, policy: Path, rm: Path, prompts: Path, work: Path) -> dict[str, Any]:
     spec = {
-        "policy": str(policy), "prompts": str(prompts), "out": str(work / "trl-out"), "result": str(work / "trl.json"),
+        "policy": str(policy), "prompt_ids": prompt_token_ids(policy, prompts), "out": str(work / "trl-out"),
+        "result": str(work / "trl.json"),
         "iterations": args.iterations, "rollout_batch_size": args.rollout_batch_size,
         "mini_batch_size": args.mini_batch_size, "ppo_epochs": args.ppo_epochs, "response_length": args.response_length,
         "kl_coef": args.kl_coef, "missing_eos_penalty": args.missing_eos_penalty, "lr": args.lr,
@@ -390,73 +442,116 @@ def summarise(name: str, run: dict[str, Any], evaluation: dict[str, float], star
     steady = run["iteration_s"][1:] or run["iteration_s"]  # the first iteration carries one-off warm-up
     return {
         "name": name,
+        "iterations": len(run["iteration_s"]),
         "s_per_iteration": sum(steady) / len(steady),
         "rollout_tokens_per_s": run["rollout_tokens_per_s"],
+        "generated_tokens": run.get("generated_tokens"),
+        "generation_width": run.get("generation_width"),
+        "total_s": run["total_s"],
         "rm_score_slope": slope(run["rm_score"]),
         "heldout_rm_gain_per_iteration": (evaluation["rm_score"] - start["rm_score"]) / iterations,
         "heldout_oracle_gain_per_iteration": (evaluation["oracle_score"] - start["oracle_score"]) / iterations,
         "evaluation": evaluation,
+        "iteration_s_curve": run["iteration_s"],
         "rm_score_curve": run["rm_score"],
         "kl_curve": run["kl"],
     }
 
 
+ROWS = [("seconds per PPO iteration", "s_per_iteration", "{:.3f}", True),
+        ("rollout tokens/s", "rollout_tokens_per_s", "{:.0f}", False),
+        ("RM score gained per iteration (slope of rollout scores)", "rm_score_slope", "{:+.4f}", False),
+        ("held-out RM score gained per iteration", "heldout_rm_gain_per_iteration", "{:+.4f}", False),
+        ("held-out oracle score gained per iteration", "heldout_oracle_gain_per_iteration", "{:+.4f}", False)]
+
+
+def command_line(argv: list[str]) -> str:
+    """The command shown in RESULTS.md: the given options without machine-local paths and the note."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--work", "--venv", "--note", "--model", "--reward-model"):
+            skip = "=" not in arg
+            continue
+        shown.append(arg)
+    return " ".join(["python bench/bench_ppo_vs_trl.py", *shown])
+
+
 def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str, Any] | None,
-             trl_error: str | None, environment: str) -> str:
+             trl_error: str | None, environment: str, command: str) -> str:
+    clipping = (f"gradient-norm clip {args.max_grad_norm} for this trainer only (TRL 1.12's PPO loop never "
+                "clips)" if args.max_grad_norm > 0 else "no gradient clipping (TRL 1.12's PPO loop never clips)")
     lines = [SECTION, "",
-             f"Same tiny demo policy, reward model and {args.iterations} iterations each: rollout batch "
-             f"{args.rollout_batch_size}, {args.rollout_batch_size // args.mini_batch_size} mini-batches of "
+             f"`{command}`", "",
+             f"Same tiny demo policy, reward model, prompt token ids and {args.iterations} iterations each: rollout "
+             f"batch {args.rollout_batch_size}, {args.rollout_batch_size // args.mini_batch_size} mini-batches of "
              f"{args.mini_batch_size} (one optimizer step each), {args.ppo_epochs} PPO epochs, responses ≤ "
-             f"{args.response_length} tokens, T = 1, β = {args.kl_coef} (k1, fixed), lr {args.lr} for policy and "
-             f"value, clip 0.2/0.2, vf_coef 0.1, γ = 1, λ = 0.95, missing-EOS penalty {args.missing_eos_penalty}. "
-             f"{environment}. `python bench/bench_ppo_vs_trl.py --iterations {args.iterations} --update-results`.",
-             ""]
-    rows = [("seconds per PPO iteration", "s_per_iteration", "{:.3f}", True),
-            ("rollout tokens/s", "rollout_tokens_per_s", "{:.0f}", False),
-            ("RM score gained per iteration (slope of rollout scores)", "rm_score_slope", "{:+.4f}", False),
-            ("held-out RM score gained per iteration", "heldout_rm_gain_per_iteration", "{:+.4f}", False),
-            ("held-out oracle score gained per iteration", "heldout_oracle_gain_per_iteration", "{:+.4f}", False)]
+             f"{args.response_length} tokens, T = 1, β = {args.kl_coef} (k1, fixed), AdamW at a constant lr "
+             f"{args.lr} for policy and value (no warm-up, no weight decay), {clipping}, clip 0.2/0.2, vf_coef "
+             f"0.1, γ = 1, λ = 0.95, advantages whitened, rewards not, missing-EOS penalty "
+             f"{args.missing_eos_penalty}. {environment}.", ""]
     if trl is not None:
-        lines += ["| | this trainer | TRL 1.12 | ratio (this / TRL) |", "|---|---:|---:|---:|"]
-        for label, key, fmt, lower_better in rows:
+        lines += [f"| | this trainer | TRL {trl.get('version') or '1.12'} | ratio (this / TRL) |",
+                  "|---|---:|---:|---:|"]
+        for label, key, fmt, lower_better in ROWS:
             a, b = ours[key], trl[key]
             ratio = a / b if b not in (0, 0.0) and math.isfinite(b) else float("nan")
             note = " (lower is better)" if lower_better else ""
             lines.append(f"| {label}{note} | {fmt.format(a)} | {fmt.format(b)} | {ratio:.2f} |")
     else:
         lines += ["| | this trainer |", "|---|---:|"]
-        for label, key, fmt, _ in rows:
+        for label, key, fmt, _ in ROWS:
             lines.append(f"| {label} | {fmt.format(ours[key])} |")
         lines += ["", f"TRL could not run here: {trl_error}"]
-    lines += ["", "Held-out evaluation (24 demo test prompts × 4 seeded samples, scored in one place):", "",
+    heldout = f"{HELDOUT_PROMPTS} demo test prompts × {args.eval_samples} seeded samples"
+    lines += ["", f"Held-out evaluation ({heldout}, the same seed for every policy, scored in one place):", "",
               "| policy | RM score | oracle score | KL to start | length | EOS rate |", "|---|---:|---:|---:|---:|---:|"]
     for name, ev in [("start", start), ("this trainer", ours["evaluation"])] + (
             [("TRL 1.12", trl["evaluation"])] if trl is not None else []):
         lines.append(f"| {name} | {ev['rm_score']:+.3f} | {ev['oracle_score']:+.3f} | {ev['kl']:.2f} | "
                      f"{ev['response_length']:.1f} | {ev['eos_rate']:.2f} |")
-    curve = ", ".join(f"{v:+.2f}" for v in ours["rm_score_curve"])
-    lines += ["", f"Rollout RM score per iteration, this trainer: {curve}."]
+    lines += ["", f"Rollout score (RM − missing-EOS penalty) per iteration, this trainer: "
+                  f"{', '.join(f'{v:+.2f}' for v in ours['rm_score_curve'])}."]
     if trl is not None:
-        lines.append(f"Rollout RM score per iteration, TRL: {', '.join(f'{v:+.2f}' for v in trl['rm_score_curve'])}.")
-    lines += ["", "Remaining differences: TRL's learning rate decays linearly (ours: cosine, both without warm-up); "
-              "TRL takes the rollout log-probs from generate's scores and places the score one token after EOS; "
-              "ours recomputes log-probs with a forward pass (the same code path as the update) and scores the EOS "
-              "token.", ""]
+        lines.append(f"Rollout score per iteration, TRL: {', '.join(f'{v:+.2f}' for v in trl['rm_score_curve'])}.")
+    lines += ["", f"Seconds per iteration leave out the first (one-off warm-up); wall time of the whole training "
+                  f"call: this trainer {ours['total_s']:.1f} s"
+                  + (f", TRL {trl['total_s']:.1f} s" if trl is not None else "") + ". Rollout tokens/s: tokens up "
+                  "to and including the first EOS over the time inside `generate`, timed and counted the same way "
+                  f"for both ({ours['generated_tokens']} tokens, mean generated width "
+                  f"{ours['generation_width']:.1f} for this trainer"
+                  + (f"; {trl['generated_tokens']} tokens, width {trl['generation_width']:.1f} for TRL"
+                     if trl is not None else "") + ")."]
+    lines += ["", "Remaining differences: TRL takes the rollout log-probs from generate's scores and places the score "
+              "one token after EOS; ours recomputes log-probs with a forward pass (the same code path as the update) "
+              "and scores the EOS token; a response cut at the length limit is scored as it is by TRL, with an EOS "
+              "appended by ours (the RM's text format); TRL's update forwards the whole padded rollout width, ours "
+              "trims each micro-batch to its longest response; TRL steps one AdamW over policy and value together, "
+              "ours one per model (the same update without clipping); prompt order and sampling draws differ (each "
+              "trainer's own RNG), so the reward figures carry sampling noise: compare their signs and sizes, not "
+              "the third decimal."]
+    if args.note:
+        lines += ["", args.note]
+    lines.append("")
     return "\n".join(lines)
 
 
-def update_results(section: str) -> None:
-    text = RESULTS_FILE.read_text(encoding="utf-8") if RESULTS_FILE.exists() else "# Benchmark results\n\n"
+def update_results(section: str, path: Path = RESULTS_FILE) -> None:
+    """Replace (or append) only this benchmark's section of bench/RESULTS.md."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
     if SECTION in text:
         start = text.index(SECTION)
         following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[following + 1 :] if following != -1 else "")
+        text = text[:start] + section.rstrip() + "\n" + (text[following:] if following != -1 else "")
     else:
         text = text.rstrip() + "\n\n" + section
-    RESULTS_FILE.write_text(text.rstrip() + "\n", encoding="utf-8")
+    path.write_text(text.rstrip() + "\n", encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="Policy directory (default: the cached tiny demo model).")
     parser.add_argument("--reward-model", type=Path, help="Reward-model directory (default: the cached demo RM).")
@@ -467,15 +562,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--max-grad-norm", type=float, default=0.0,
+                        help="Gradient-norm clip for this trainer (default 0: none, as TRL 1.12's PPO loop, which "
+                             "never clips).")
     parser.add_argument("--missing-eos-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both trainers.")
+    parser.add_argument("--eval-samples", type=int, default=8, help="Seeded samples per held-out prompt.")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--work", type=Path, help="Working directory (default: a temporary one).")
     parser.add_argument("--update-results", action="store_true", help=f"Rewrite '{SECTION}' in bench/RESULTS.md.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--note", default="", help="A paragraph added under the section in RESULTS.md.")
+    return parser
+
+
+def _load() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:  # pragma: no cover - not on every platform
+        return "n/a"
+    return f"{one:.2f}/{five:.2f}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns {"start", "ours", "trl", "trl_error", "section"} (also in WORK/results.json)."""
+    given = list(argv if argv is not None else sys.argv[1:])
+    args = build_parser().parse_args(given)
+    if args.rollout_batch_size % args.mini_batch_size:
+        raise SystemExit("--mini-batch-size must divide --rollout-batch-size")
     torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -483,14 +598,15 @@ def main(argv: list[str] | None = None) -> int:
     policy = ensure_tiny_model(args.model)
     rm = ensure_reward_model(args.reward_model, policy, work)
     prompts, heldout = write_prompts(work)
-    environment = (f"CPU ({platform.processor() or platform.machine()}, {args.threads} torch thread(s)), "
-                   f"torch {torch.__version__}")
-    start = evaluate(policy, policy, rm, heldout, response_length=args.response_length, seed=args.seed + 1)
+    load_before = _load()
+    start = evaluate(policy, policy, rm, heldout, response_length=args.response_length, seed=args.seed + 1,
+                     samples=args.eval_samples)
 
     print("running this trainer…", flush=True)
     ours_run = run_ours(args, policy, rm, prompts, work / "ours")
     ours = summarise("this trainer", ours_run, evaluate(Path(ours_run["policy_dir"]), policy, rm, heldout,
-                                                        response_length=args.response_length, seed=args.seed + 1),
+                                                        response_length=args.response_length, seed=args.seed + 1,
+                                                        samples=args.eval_samples),
                      start, args.iterations)
     trl, trl_error = None, None
     if not args.skip_trl:
@@ -499,23 +615,28 @@ def main(argv: list[str] | None = None) -> int:
             print("running TRL…", flush=True)
             trl_run = run_trl(args, python, policy, rm, prompts, work)
             trl = summarise("TRL", trl_run, evaluate(Path(trl_run["policy_dir"]), policy, rm, heldout,
-                                                     response_length=args.response_length, seed=args.seed + 1),
+                                                     response_length=args.response_length, seed=args.seed + 1,
+                                                     samples=args.eval_samples),
                             start, args.iterations)
             trl["version"] = trl_run.get("trl_version")
+            trl["lr_curve"] = trl_run.get("lr")
         except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
             trl_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             print(f"TRL could not run: {exc}", file=sys.stderr)
     else:
         trl_error = "skipped (--skip-trl)"
-    section = markdown(args, start, ours, trl, trl_error, environment)
+    environment = (f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
+                   f"jobs, {args.threads} torch thread(s) per trainer), torch {torch.__version__}, load average "
+                   f"(1/5 min) {load_before} before and {_load()} after")
+    section = markdown(args, start, ours, trl, trl_error, environment, command_line(given))
     print(section)
-    (work / "results.json").write_text(json.dumps({"start": start, "ours": ours, "trl": trl, "trl_error": trl_error},
-                                                  indent=2))
+    summary = {"start": start, "ours": ours, "trl": trl, "trl_error": trl_error, "section": section}
+    (work / "results.json").write_text(json.dumps(summary, indent=2))
     if args.update_results:
         update_results(section)
         print(f"updated {RESULTS_FILE}")
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -544,16 +544,20 @@ def serve_forever(*, addr: str, result: DemoResult, services: DemoServices, out:
     print_credentials(result=result, addr=addr, out=out)
     base = f"http://{addr}"
     rm, ppo = result.run_ids.get("rm"), result.run_ids.get("ppo")
-    out("\nWhere to click:")
-    out(f"   {base}/dashboard/                          runs: the reward model and PPO with their curves")
+    places = [(f"{base}/dashboard/", "the runs: the reward model and PPO with their curves")]
     if rm:
-        out(f"   {base}/dashboard/runs/{rm}/                  the reward model: accuracy, calibration, log")
+        places.append((f"{base}/dashboard/runs/{rm}/", "the reward model: accuracy, calibration, log"))
     if ppo:
-        out(f"   {base}/dashboard/runs/{ppo}/                  PPO: reward/KL curves, samples, before/after")
+        places.append((f"{base}/dashboard/runs/{ppo}/", "PPO: reward and KL curves, samples, before/after"))
     if result.project_id:
-        out(f"   {base}/dashboard/projects/{result.project_id}/              agreement, biases, progress")
-    out(f"   {base}/  (as alice or bob)             rank the new round: the PPO policy vs the start, blind")
-    out(f"   {base}/admin/                              everything in the database\nCtrl+C stops.\n")
+        places.append((f"{base}/dashboard/projects/{result.project_id}/", "agreement, biases, progress"))
+    places.append((f"{base}/", "as alice or bob: rank the new round (PPO policy vs the start, blind)"))
+    places.append((f"{base}/admin/", "everything in the database"))
+    width = max(len(url) for url, _ in places)
+    out("\nWhere to click:")
+    for url, what in places:
+        out(f"   {url:<{width}}  {what}")
+    out("Ctrl+C stops.\n")
     try:
         services.wait_web()
     except KeyboardInterrupt:
