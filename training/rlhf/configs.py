@@ -94,7 +94,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, *, e
         base, optional = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        # argparse %-formats help strings: a literal "%" ("20 %") must be doubled.
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
