@@ -25,9 +25,13 @@ the head), wrapped the way TRL's `get_reward` expects (`base_model_prefix`, `.sc
     python bench/bench_ppo_vs_trl.py --iterations 40 --update-results
     python bench/bench_ppo_vs_trl.py --skip-trl          # only this trainer
 
+Both optimise the same reward: TRL's reward model is wrapped so that it reads the RM's text format, prompt +
+response + EOS, also for a response cut at the length limit (TRL on its own would score such a response at its
+last token, a text the RM never saw in training, and this demo RM scores those far higher: see RESULTS.md);
+`--trl-native-rm-input` drops that wrapper.
+
 Differences that remain (listed under the table): TRL takes rollout log-probs from generate's scores and puts
-the score one token after EOS; ours recomputes them with a forward pass and puts the score on the EOS token; a
-response cut at the length limit is scored as it is by TRL, with an EOS appended by ours (the RM's text format);
+the score one token after EOS; ours recomputes them with a forward pass and puts the score on the EOS token;
 TRL's update forwards the whole padded rollout width, ours trims each micro-batch to its longest response.
 Not a test: nothing is asserted; `main` returns the summary (tests/bench/test_bench_smoke_ppo.py).
 """
@@ -254,11 +258,44 @@ class ScalarModel(nn.Module):
         self.config = self.transformer.config
 
 
+class EndTokenBackbone(nn.Module):
+    """The RM's backbone as get_reward calls it, reading the RM's text format (prompt + response + EOS): a row
+    whose last real token is not EOS (a response cut at the length limit) gets an EOS appended, and the hidden
+    state of that EOS is returned at the last real position, the one get_reward scores. Rows that end with EOS
+    are untouched (causal attention: appending changes no earlier hidden state)."""
+
+    def __init__(self, backbone, eos_token_id):
+        super().__init__()
+        self.backbone = backbone
+        self.eos_token_id = eos_token_id
+        self.config = backbone.config
+
+    def forward(self, input_ids, attention_mask, position_ids=None, **kwargs):
+        batch, width = input_ids.shape
+        mask = attention_mask.bool()
+        last = width - 1 - mask.flip(1).long().argmax(1)  # real tokens are contiguous (left-padded query)
+        rows = torch.arange(batch, device=input_ids.device)
+        needs = input_ids[rows, last] != self.eos_token_id
+        ids = torch.cat([input_ids, torch.zeros_like(input_ids[:, :1])], 1)
+        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], 1)
+        ids[rows[needs], last[needs] + 1] = self.eos_token_id
+        mask[rows[needs], last[needs] + 1] = True
+        positions = mask.long().cumsum(1) - mask.long()
+        kwargs.update(output_hidden_states=True, return_dict=True)
+        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+        hidden = out.hidden_states[-1][:, :width].clone()
+        hidden[rows[needs], last[needs]] = out.hidden_states[-1][rows[needs], last[needs] + 1]
+        out.hidden_states = (hidden,)
+        return out
+
+
 tokenizer = AutoTokenizer.from_pretrained(spec["policy"])
 tokenizer.padding_side = "left"
 policy = AutoModelForCausalLM.from_pretrained(spec["policy"])
 reference = AutoModelForCausalLM.from_pretrained(spec["policy"])
 reward_model = ScalarModel(spec["rm_backbone"], spec["rm_head"])
+if spec["rm_appends_eos"]:
+    reward_model.transformer = EndTokenBackbone(reward_model.transformer, tokenizer.eos_token_id)
 value_model = ScalarModel(spec["rm_backbone"], spec["value_head"])
 # the prompts as the project's trainer encodes them (same token ids for both)
 dataset = datasets.Dataset.from_dict({"input_ids": spec["prompt_ids"]})
@@ -368,6 +405,7 @@ def run_trl(args, python: Path, policy: Path, rm: Path, prompts: Path, work: Pat
         "mini_batch_size": args.mini_batch_size, "ppo_epochs": args.ppo_epochs, "response_length": args.response_length,
         "kl_coef": args.kl_coef, "missing_eos_penalty": args.missing_eos_penalty, "lr": args.lr,
         "max_grad_norm": args.max_grad_norm, "seed": args.seed, "threads": args.threads,
+        "rm_appends_eos": not args.trl_native_rm_input,
         **export_for_trl(rm, work),
     }
     (work / "trl-spec.json").write_text(json.dumps(spec))
@@ -484,6 +522,10 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
              trl_error: str | None, environment: str, command: str) -> str:
     clipping = (f"gradient-norm clip {args.max_grad_norm} for this trainer only (TRL 1.12's PPO loop never "
                 "clips)" if args.max_grad_norm > 0 else "no gradient clipping (TRL 1.12's PPO loop never clips)")
+    rm_input = ("TRL's reward model scores responses cut at the length limit as they are (--trl-native-rm-input), "
+                "this trainer's with the EOS appended" if args.trl_native_rm_input else
+                "both reward models read prompt + response + EOS, the RM's training format (TRL's through a wrapper "
+                "that appends the EOS to a response cut at the length limit, as this trainer does)")
     lines = [SECTION, "",
              f"`{command}`", "",
              f"Same tiny demo policy, reward model, prompt token ids and {args.iterations} iterations each: rollout "
@@ -492,15 +534,16 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
              f"{args.response_length} tokens, T = 1, β = {args.kl_coef} (k1, fixed), AdamW at a constant lr "
              f"{args.lr} for policy and value (no warm-up, no weight decay), {clipping}, clip 0.2/0.2, vf_coef "
              f"0.1, γ = 1, λ = 0.95, advantages whitened, rewards not, missing-EOS penalty "
-             f"{args.missing_eos_penalty}. {environment}.", ""]
+             f"{args.missing_eos_penalty}; {rm_input}. {environment}.", ""]
     if trl is not None:
         lines += [f"| | this trainer | TRL {trl.get('version') or '1.12'} | ratio (this / TRL) |",
                   "|---|---:|---:|---:|"]
         for label, key, fmt, lower_better in ROWS:
             a, b = ours[key], trl[key]
-            ratio = a / b if b not in (0, 0.0) and math.isfinite(b) else float("nan")
+            # a ratio of gains means something only when both are gains
+            ratio = f"{a / b:.2f}" if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0 else "n/a"
             note = " (lower is better)" if lower_better else ""
-            lines.append(f"| {label}{note} | {fmt.format(a)} | {fmt.format(b)} | {ratio:.2f} |")
+            lines.append(f"| {label}{note} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
     else:
         lines += ["| | this trainer |", "|---|---:|"]
         for label, key, fmt, _ in ROWS:
@@ -527,8 +570,7 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
                      if trl is not None else "") + ")."]
     lines += ["", "Remaining differences: TRL takes the rollout log-probs from generate's scores and places the score "
               "one token after EOS; ours recomputes log-probs with a forward pass (the same code path as the update) "
-              "and scores the EOS token; a response cut at the length limit is scored as it is by TRL, with an EOS "
-              "appended by ours (the RM's text format); TRL's update forwards the whole padded rollout width, ours "
+              "and scores the EOS token; TRL's update forwards the whole padded rollout width, ours "
               "trims each micro-batch to its longest response; TRL steps one AdamW over policy and value together, "
               "ours one per model (the same update without clipping); prompt order and sampling draws differ (each "
               "trainer's own RNG), so the reward figures carry sampling noise: compare their signs and sizes, not "
@@ -569,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both trainers.")
     parser.add_argument("--eval-samples", type=int, default=8, help="Seeded samples per held-out prompt.")
+    parser.add_argument("--trl-native-rm-input", action="store_true",
+                        help="Let TRL score a response cut at the length limit as it is (its own way) instead of "
+                             "with the EOS appended that the reward model was trained on and this trainer adds.")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--work", type=Path, help="Working directory (default: a temporary one).")
