@@ -29,7 +29,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db.models import Count
 
-from annotate.models import Project, Prompt, Ranking, Response
+from annotate.models import DatasetSnapshot, Project, Prompt, Ranking, Response
 from training import roots
 from training.models import Job, TrainingRun
 
@@ -202,6 +202,7 @@ class DemoServices:
         self.worker: subprocess.Popen | None = None
         self.web: subprocess.Popen | None = None
         self._logs: list[Any] = []
+        self.run_ids: list[int] = []  # the runs this demo waits on, cancelled gracefully on Ctrl+C
 
     def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
         from training.tasks import child_environment
@@ -246,6 +247,35 @@ class DemoServices:
         if self.web is not None:
             self.web.wait()
 
+    def stop_runs(self, *, out: Out, timeout: float = 180) -> None:
+        """Ctrl+C: ask this demo's active runs to stop at a checkpoint (the trainers poll the cancel flag), and
+        wait for them to end, so that the next `demo` resumes them. A second Ctrl+C stops waiting.
+
+        Signals are left alone here on purpose: a terminal's Ctrl+C already reached the worker and the trainer,
+        and a second signal would make the trainer abort without its checkpoint."""
+        from training.jobs import cancel_run
+
+        active = list(TrainingRun.objects.filter(pk__in=self.run_ids, status__in=TrainingRun.ACTIVE_STATUSES))
+        if not active:
+            return
+        for run in active:
+            if not run.cancel_requested:
+                cancel_run(run=run)
+        out(f"   stopping {', '.join(str(r) for r in active)} at a checkpoint… (Ctrl+C again to stop at once)")
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and TrainingRun.objects.filter(
+                    pk__in=[r.pk for r in active], status__in=TrainingRun.ACTIVE_STATUSES).exists():
+                if self.worker is None or self.worker.poll() is not None:
+                    break
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            return
+        for run in active:
+            run.refresh_from_db()
+            out(f"   {run}: {run.get_status_display().lower()} at step {run.summary.get('step', '?')}"
+                + (" with a checkpoint" if run.checkpoints.exists() else ""))
+
     def stop(self) -> None:
         for child in (self.web, self.worker):
             if child is not None and child.poll() is None:
@@ -271,6 +301,7 @@ def _bar(total: int | None, desc: str):
 def wait_for_run(*, run: TrainingRun, services: DemoServices, desc: str, total: int | None = None) -> TrainingRun:
     """Wait for the worker to finish `run`, with a progress bar over its steps; raise DemoError unless it
     succeeded."""
+    services.run_ids.append(run.pk)
     bar = _bar(total, desc)
     try:
         while True:
@@ -342,6 +373,23 @@ def current_rankings_hash(*, project: Project, plan: DemoPlan, seed: int) -> str
     return content_hash(build_records(project=project, params=params))
 
 
+def _reuse_or_resume(*, runs, what: str, staff, out: Out) -> TrainingRun | None:
+    """Of the earlier runs for this stage: a succeeded one is reused; else the newest one that was cut off with
+    a checkpoint (Ctrl+C, a crash) is resumed from it; else None (launch a new run)."""
+    from training.jobs import can_resume, resume_run
+
+    done = runs.filter(status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first()
+    if done is not None:
+        out(f"   reusing {done}: {what}")
+        return done
+    latest = runs.order_by("-pk").first()
+    if latest is not None and can_resume(latest):
+        run = resume_run(run=latest, created_by=staff)
+        out(f"   resuming {latest} from its last checkpoint as {run}: /dashboard/runs/{run.pk}/")
+        return run
+    return None
+
+
 def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, staff,
                        services: DemoServices, out: Out) -> TrainingRun:
     """Export round 1 as a snapshot and train the reward model on it (reusing a run on identical data)."""
@@ -350,14 +398,17 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
     from training.rlhf.rm_config import RewardModelConfig
 
     digest = current_rankings_hash(project=project, plan=plan, seed=seed)
-    done = (TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, project=project, snapshot__content_hash=digest,
-                                       status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first())
-    if done is not None:
-        out(f"   reusing {done}: it trained on this exact data (snapshot {digest[:12]})")
-        return done
-    snapshot = export_snapshot(project=project, out_dir=snapshot_dir_for(project=project, name=f"demo-{digest[:12]}"),
-                               format="datasets", test_fraction=plan.export_test_fraction, seed=seed, rounds=[1],
-                               created_by=staff, overwrite=True)
+    earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, project=project, snapshot__content_hash=digest)
+    again = _reuse_or_resume(runs=earlier, what="it trained on this exact data", staff=staff, out=out)
+    if again is not None:
+        return again if again.status == TrainingRun.Status.SUCCEEDED else wait_for_run(
+            run=again, services=services, desc="reward model")
+    snapshot = next((s for s in DatasetSnapshot.objects.filter(project=project, content_hash=digest).order_by("-pk")
+                     if Path(s.path, "manifest.json").is_file()), None)
+    if snapshot is None:
+        snapshot = export_snapshot(
+            project=project, out_dir=snapshot_dir_for(project=project, name=f"demo-{digest[:12]}"), format="datasets",
+            test_fraction=plan.export_test_fraction, seed=seed, rounds=[1], created_by=staff, overwrite=True)
     kwise, pairs = snapshot.counts.get("kwise", {}), snapshot.counts.get("pairwise", {})
     out(f"   snapshot {snapshot.content_hash[:12]} at {snapshot.path}: {kwise.get('train', '?')} train / "
         f"{kwise.get('test', '?')} held-out rankings ({pairs.get('train', '?')} / {pairs.get('test', '?')} pairs)")
@@ -375,11 +426,11 @@ def ppo_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, r
     from training.rlhf.ppo_config import PPOConfig
     from training.selectors import run_model_dir
 
-    done = (TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO, reward_model_run=rm_run,
-                                       status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first())
-    if done is not None:
-        out(f"   reusing {done}: it was trained with this reward model")
-        return done
+    earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO, reward_model_run=rm_run)
+    again = _reuse_or_resume(runs=earlier, what="it was trained with this reward model", staff=staff, out=out)
+    if again is not None:
+        return again if again.status == TrainingRun.Status.SUCCEEDED else wait_for_run(
+            run=again, services=services, desc="PPO", total=PPOConfig(**again.config).num_iterations)
     rm_dir = run_model_dir(rm_run)
     if rm_dir is None:
         raise DemoError(f"{rm_run} left no reward model in {rm_run.output_dir}")

@@ -35,5 +35,10 @@ class Command(BaseCommand):
                 serve_forever(addr=addr, result=result, services=services, out=self.stdout.write)
         except (DemoError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
+        except KeyboardInterrupt:
+            self.stderr.write("\nInterrupted.")
+            services.stop_runs(out=self.stdout.write)
+            raise CommandError("Interrupted: run the demo again to continue where it stopped (a run cut off with "
+                               "a checkpoint resumes from it).", returncode=130) from None
         finally:
             services.stop()
