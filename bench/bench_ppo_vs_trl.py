@@ -239,9 +239,11 @@ torch.set_num_threads(spec["threads"])
 import datasets
 import trl
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, set_seed
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.experimental.ppo import ppo_trainer as ppo_module
+
+set_seed(spec["seed"])  # PPOTrainer seeds torch but not numpy, whose permutation draws its mini-batches
 
 
 class ScalarModel(nn.Module):
@@ -485,7 +487,8 @@ def summarise(name: str, run: dict[str, Any], evaluation: dict[str, float], star
         "rollout_tokens_per_s": run["rollout_tokens_per_s"],
         "generated_tokens": run.get("generated_tokens"),
         "generation_width": run.get("generation_width"),
-        "total_s": run["total_s"],
+        "total_s": run["total_s"],  # the whole training call (ours: with model loading and saving)
+        "loop_s": sum(run["iteration_s"]),  # the iterations themselves, measured the same way for both
         "rm_score_slope": slope(run["rm_score"]),
         "heldout_rm_gain_per_iteration": (evaluation["rm_score"] - start["rm_score"]) / iterations,
         "heldout_oracle_gain_per_iteration": (evaluation["oracle_score"] - start["oracle_score"]) / iterations,
@@ -501,6 +504,25 @@ ROWS = [("seconds per PPO iteration", "s_per_iteration", "{:.3f}", True),
         ("RM score gained per iteration (slope of rollout scores)", "rm_score_slope", "{:+.4f}", False),
         ("held-out RM score gained per iteration", "heldout_rm_gain_per_iteration", "{:+.4f}", False),
         ("held-out oracle score gained per iteration", "heldout_oracle_gain_per_iteration", "{:+.4f}", False)]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path.name
+
+
+def describe_reward_model(rm: Path) -> str:
+    """Which reward model ran, and how good it is (its recorded held-out evaluation)."""
+    shown = _shown(rm)
+    try:
+        heldout = json.loads((rm / "reward_model.json").read_text(encoding="utf-8"))["evaluation"]["heldout"]
+        oracle = heldout["oracle"]
+        return (f"reward model `{shown}` (held-out accuracy {heldout['accuracy']:.3f} vs the annotator, "
+                f"{oracle['accuracy']:.3f} vs the demo oracle, {oracle['pairs']} pairs)")
+    except (OSError, KeyError, TypeError, ValueError):
+        return f"reward model `{shown}`"
 
 
 def command_line(argv: list[str]) -> str:
@@ -519,7 +541,7 @@ def command_line(argv: list[str]) -> str:
 
 
 def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str, Any] | None,
-             trl_error: str | None, environment: str, command: str) -> str:
+             trl_error: str | None, environment: str, command: str, models: str = "") -> str:
     clipping = (f"gradient-norm clip {args.max_grad_norm} for this trainer only (TRL 1.12's PPO loop never "
                 "clips)" if args.max_grad_norm > 0 else "no gradient clipping (TRL 1.12's PPO loop never clips)")
     rm_input = ("TRL's reward model scores responses cut at the length limit as they are (--trl-native-rm-input), "
@@ -534,7 +556,8 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
              f"{args.response_length} tokens, T = 1, β = {args.kl_coef} (k1, fixed), AdamW at a constant lr "
              f"{args.lr} for policy and value (no warm-up, no weight decay), {clipping}, clip 0.2/0.2, vf_coef "
              f"0.1, γ = 1, λ = 0.95, advantages whitened, rewards not, missing-EOS penalty "
-             f"{args.missing_eos_penalty}; {rm_input}. {environment}.", ""]
+             f"{args.missing_eos_penalty}; {rm_input}. " + (f"{models}. " if models else "") + f"{environment}.",
+             ""]
     if trl is not None:
         lines += [f"| | this trainer | TRL {trl.get('version') or '1.12'} | ratio (this / TRL) |",
                   "|---|---:|---:|---:|"]
@@ -560,9 +583,9 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
                   f"{', '.join(f'{v:+.2f}' for v in ours['rm_score_curve'])}."]
     if trl is not None:
         lines.append(f"Rollout score per iteration, TRL: {', '.join(f'{v:+.2f}' for v in trl['rm_score_curve'])}.")
-    lines += ["", f"Seconds per iteration leave out the first (one-off warm-up); wall time of the whole training "
-                  f"call: this trainer {ours['total_s']:.1f} s"
-                  + (f", TRL {trl['total_s']:.1f} s" if trl is not None else "") + ". Rollout tokens/s: tokens up "
+    lines += ["", f"Seconds per iteration leave out the first (one-off warm-up); all {args.iterations} iterations "
+                  f"took {ours['loop_s']:.1f} s with this trainer"
+                  + (f", {trl['loop_s']:.1f} s with TRL" if trl is not None else "") + ". Rollout tokens/s: tokens up "
                   "to and including the first EOS over the time inside `generate`, timed and counted the same way "
                   f"for both ({ours['generated_tokens']} tokens, mean generated width "
                   f"{ours['generation_width']:.1f} for this trainer"
@@ -673,7 +696,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     environment = (f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
                    f"jobs, {args.threads} torch thread(s) per trainer), torch {torch.__version__}, load average "
                    f"(1/5 min) {load_before} before and {_load()} after")
-    section = markdown(args, start, ours, trl, trl_error, environment, command_line(given))
+    models = f"Policy `{_shown(policy)}`, {describe_reward_model(rm)}"
+    section = markdown(args, start, ours, trl, trl_error, environment, command_line(given), models)
     print(section)
     summary = {"start": start, "ours": ours, "trl": trl, "trl_error": trl_error, "section": section}
     (work / "results.json").write_text(json.dumps(summary, indent=2))
