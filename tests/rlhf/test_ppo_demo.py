@@ -2,8 +2,10 @@
 PPO with the default settings raises the tiny policy's hidden-oracle score on held-out prompts by a clear margin
 at a bounded KL, and wins against the starting policy under the reward model.
 
-Measured on this repository's tiny model (bench/RESULTS.md, "PPO on the demo task"): oracle ≈ 0.32 → 0.81,
-KL ≈ 1.6 nats, win rate ≈ 0.78 after 40 iterations (≈ 1.5 CPU minutes). The floors below are conservative.
+Measured on this repository's tiny model (bench/RESULTS.md, "PPO on the demo task"): oracle 0.32 → 1.28,
+KL 5.2 nats, win rate 0.94 after 40 iterations at a fixed β = 0.05 (about 50 s on 2 CPU cores). The floors below
+are conservative; the KL ceiling guards against the runaway seen when the reward can be hacked (KL > 11 with
+an RM fed text it never saw, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from training.rlhf.ppo_trainer import train_ppo
 
 pytestmark = pytest.mark.slow
 
-ORACLE_GAIN_FLOOR = 0.25  # held-out oracle score, after − before (measured ≈ +0.4 to +0.55)
-KL_CEILING = 6.0  # nats per response against the starting policy (measured ≈ 1.2 to 2)
-WIN_RATE_FLOOR = 0.6  # new vs starting policy under the RM (measured ≈ 0.7 to 0.8)
+ORACLE_GAIN_FLOOR = 0.25  # held-out oracle score, after − before (measured +0.96)
+KL_CEILING = 6.0  # nats per response against the starting policy (measured 5.2)
+WIN_RATE_FLOOR = 0.6  # new vs starting policy under the RM (measured 0.94)
 
 
 class Curve:
