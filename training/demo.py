@@ -36,7 +36,8 @@ from training.models import Job, TrainingRun
 Out = Callable[[str], None]
 
 DEMO_STAFF = "admin"
-DEMO_ANNOTATORS = ("alice", "bob")
+# As many human annotators as the demo project asks per prompt, so they can finish the new round between them.
+DEMO_ANNOTATORS = ("alice", "bob", "carol")
 DEMO_PROJECT = "Demo: short reviews"
 DEMO_GUIDELINES = """\
 ## Ranking short reviews
@@ -602,7 +603,7 @@ def serve_forever(*, addr: str, result: DemoResult, services: DemoServices, out:
         places.append((f"{base}/dashboard/runs/{ppo}/", "PPO: reward and KL curves, samples, before/after"))
     if result.project_id:
         places.append((f"{base}/dashboard/projects/{result.project_id}/", "agreement, biases, progress"))
-    places.append((f"{base}/", "as alice or bob: rank the new round (PPO policy vs the start, blind)"))
+    places.append((f"{base}/", f"as {', '.join(DEMO_ANNOTATORS)}: rank the new round (PPO policy vs the start, blind)"))
     places.append((f"{base}/admin/", "everything in the database"))
     width = max(len(url) for url, _ in places)
     out("\nWhere to click:")

@@ -51,7 +51,9 @@ def test_small_demo_runs_every_stage_then_reuses_them(demo_world):
     assert users.get(username="admin").is_staff and not users.get(username="alice").is_staff
     assert "alice" in output and "admin" in output and "up to date" in output
     project = Project.objects.get(name=DEMO_PROJECT)
-    assert set(project.annotators.values_list("username", flat=True)) >= {"alice", "bob"}
+    humans = {"alice", "bob", "carol"}
+    assert set(project.annotators.values_list("username", flat=True)) >= humans
+    assert len(humans) >= project.annotators_per_prompt  # the humans can finish the new round between them
 
     # 2. prompts imported, K responses sampled from the tiny model for each
     round_1 = Prompt.objects.filter(project=project, round=1)
