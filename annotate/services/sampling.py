@@ -257,6 +257,8 @@ def _chunks(prompts: list[Prompt], k: int, batch_size: int, batches_per_chunk: i
 
 
 def _chunk_seed(seed: int, chunk: list[Prompt]) -> int:
-    """A seed that depends on the run's seed and the prompts, not on what ran before (resumes repeat it)."""
-    digest = hashlib.sha256(f"{seed}:{','.join(str(p.pk) for p in chunk)}".encode()).digest()
+    """A seed that depends on the run's seed and the prompts (their round and text, not their database ids), not
+    on what ran before: a resume repeats it, and the same prompts sample the same in another database."""
+    key = ",".join(f"{p.round}/{p.text_hash}" for p in chunk)
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
