@@ -16,7 +16,8 @@ that prompt's row lock, and the slot count is re-read *after* the lock is taken:
   fan out over different prompts instead of queueing on one (NO KEY: inserting rankings and assignments that
   reference the prompt is not blocked by the lock, only other leases of it are). When every remaining candidate is locked by someone else
   the annotator waits for one (plain ``FOR UPDATE``) rather than being told there is no work. Under READ
-  COMMITTED the recount after the lock sees every lease committed before the lock was granted.
+  COMMITTED the recount after the lock sees every lease committed before the lock was granted; it is one
+  statement, so a submit committing meanwhile (a lease becoming a ranking) is counted once, not zero times.
 * SQLite: the settings open every transaction with ``BEGIN IMMEDIATE``, so the whole lease transaction is
   serialised (``select_for_update`` is a no-op there) and the recount is trivially exact.
 
@@ -104,11 +105,15 @@ def candidate_prompts(*, annotator, project_ids: list[int], now: datetime) -> Qu
 
 def open_slots(*, prompt: Prompt, annotator, now: datetime) -> int:
     """Rankings the prompt still needs, not counting the annotator's own lease. Read fresh from the database;
-    call it while holding the prompt's row lock."""
-    needed = Project.objects.values_list("annotators_per_prompt", flat=True).get(pk=prompt.project_id)
-    rankings = Ranking.objects.filter(prompt_id=prompt.pk).count()
-    others = (
-        Assignment.objects.filter(prompt_id=prompt.pk).filter(live_lease_q(now=now)).exclude(annotator=annotator).count()
+    call it while holding the prompt's row lock.
+
+    One statement, so one snapshot: a concurrent submit turns a live lease into a ranking in one transaction,
+    and under READ COMMITTED two separate counts could see the ranking missing in the first and the lease gone
+    in the second (the slot counted free twice over, and the prompt over-assigned)."""
+    needed, rankings, others = (
+        annotate_prompt_counts(Prompt.objects.filter(pk=prompt.pk), now=now, annotator=annotator)
+        .values_list("project__annotators_per_prompt", "n_rankings", "n_live_others")
+        .get()
     )
     return needed - rankings - others
 
