@@ -27,10 +27,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db.models import Count
+from django.utils import timezone
 
 from annotate.models import DatasetSnapshot, Project, Prompt, Ranking, Response
 from training import roots
+from training.forms import PLACEHOLDER_OUTPUT  # paths the launch functions fill in (as for the forms)
 from training.models import Job, TrainingRun
 
 Out = Callable[[str], None]
@@ -51,10 +52,7 @@ A good response **answers the prompt** (it is about the place asked for), is **p
 Tie responses you cannot tell apart. Rate each response 1–7, flag broken or unhelpful text, and tick
 "all responses are bad" when none is acceptable.
 """
-# Where the demo runs' config placeholders go until the launch writes the real paths (see jobs.launch_run).
-GENERATED = "__generated__"
 POLL_SECONDS = 0.5
-WORKER_START_SECONDS = 60
 
 
 class DemoSize(StrEnum):
@@ -147,12 +145,12 @@ def _stage(name: str, out: Out, timings: dict[str, float]) -> Iterator[None]:
 # --- Users and the project ------------------------------------------------------------------------------
 
 
-def ensure_demo_users(*, seed_password: str | None = None) -> dict[str, str]:
+def ensure_demo_users() -> dict[str, str]:
     """Create (or reset) the demo staff user and annotators; returns username → fresh password."""
     user_model = get_user_model()
     credentials = {}
     for username in (DEMO_STAFF, *DEMO_ANNOTATORS):
-        password = seed_password or secrets.token_urlsafe(9)
+        password = secrets.token_urlsafe(9)
         user, _ = user_model.objects.get_or_create(username=username)
         user.is_staff = user.is_superuser = username == DEMO_STAFF
         user.set_password(password)
@@ -293,22 +291,22 @@ class DemoServices:
         self._logs.clear()
 
 
-def _bar(total: int | None, desc: str):
+def _bar(desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+    return tqdm(desc=desc, unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
 
 
-def wait_for_run(*, run: TrainingRun, services: DemoServices, desc: str, total: int | None = None) -> TrainingRun:
-    """Wait for the worker to finish `run`, with a progress bar over its steps; raise DemoError unless it
-    succeeded."""
+def wait_for_run(*, run: TrainingRun, services: DemoServices, desc: str) -> TrainingRun:
+    """Wait for the worker to finish `run`, with a progress bar over its steps (the total is what the trainer
+    reported at its start); raise DemoError unless it succeeded."""
     services.run_ids.append(run.pk)
-    bar = _bar(total, desc)
+    bar = _bar(desc)
     try:
         while True:
             run.refresh_from_db()
             summary = run.summary or {}
-            planned = summary.get("total_steps") or total
+            planned = summary.get("total_steps")
             if planned and bar.total != planned:
                 bar.total = planned
             step = int(summary.get("step") or 0)
@@ -361,8 +359,9 @@ def import_demo_prompts(*, project: Project, plan: DemoPlan, seed: int, out: Out
 
 def round_one_rankings_needed(*, project: Project) -> int:
     """Rankings round 1 still needs: per rankable prompt, annotators_per_prompt minus those it has."""
-    counts = (Prompt.objects.filter(project=project, round=1)
-              .annotate(n_responses=Count("responses", distinct=True), n_rankings=Count("rankings", distinct=True))
+    from annotate.services.queue import annotate_prompt_counts
+
+    counts = (annotate_prompt_counts(Prompt.objects.filter(project=project, round=1), now=timezone.now())
               .filter(n_responses__gte=project.k_min).values_list("n_rankings", flat=True))
     return sum(max(0, project.annotators_per_prompt - n) for n in counts)
 
@@ -374,9 +373,9 @@ def current_rankings_hash(*, project: Project, plan: DemoPlan, seed: int) -> str
     return content_hash(build_records(project=project, params=params))
 
 
-def _reuse_or_resume(*, runs, what: str, staff, out: Out) -> TrainingRun | None:
+def _reuse_or_resume(*, runs, what: str, staff, services: DemoServices, desc: str, out: Out) -> TrainingRun | None:
     """Of the earlier runs for this stage: a succeeded one is reused; else the newest one that was cut off with
-    a checkpoint (Ctrl+C, a crash) is resumed from it; else None (launch a new run)."""
+    a checkpoint (Ctrl+C, a crash) is resumed from it and waited for; else None (launch a new run)."""
     from training.jobs import can_resume, resume_run
 
     done = runs.filter(status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first()
@@ -384,11 +383,11 @@ def _reuse_or_resume(*, runs, what: str, staff, out: Out) -> TrainingRun | None:
         out(f"   reusing {done}: {what}")
         return done
     latest = runs.order_by("-pk").first()
-    if latest is not None and can_resume(latest):
-        run = resume_run(run=latest, created_by=staff)
-        out(f"   resuming {latest} from its last checkpoint as {run}: /dashboard/runs/{run.pk}/")
-        return run
-    return None
+    if latest is None or not can_resume(latest):
+        return None
+    run = resume_run(run=latest, created_by=staff)
+    out(f"   resuming {latest} from its last checkpoint as {run}: /dashboard/runs/{run.pk}/")
+    return wait_for_run(run=run, services=services, desc=desc)
 
 
 def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, staff,
@@ -400,10 +399,10 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
 
     digest = current_rankings_hash(project=project, plan=plan, seed=seed)
     earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, project=project, snapshot__content_hash=digest)
-    again = _reuse_or_resume(runs=earlier, what="it trained on this exact data", staff=staff, out=out)
+    again = _reuse_or_resume(runs=earlier, what="it trained on this exact data", staff=staff, services=services,
+                             desc="reward model", out=out)
     if again is not None:
-        return again if again.status == TrainingRun.Status.SUCCEEDED else wait_for_run(
-            run=again, services=services, desc="reward model")
+        return again
     snapshot = next((s for s in DatasetSnapshot.objects.filter(project=project, content_hash=digest).order_by("-pk")
                      if Path(s.path, "manifest.json").is_file()), None)
     if snapshot is None:
@@ -413,8 +412,8 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
     kwise, pairs = snapshot.counts.get("kwise", {}), snapshot.counts.get("pairwise", {})
     out(f"   snapshot {snapshot.content_hash[:12]} at {snapshot.path}: {kwise.get('train', '?')} train / "
         f"{kwise.get('test', '?')} held-out rankings ({pairs.get('train', '?')} / {pairs.get('test', '?')} pairs)")
-    config = RewardModelConfig(model=str(model_dir), dataset=snapshot.path, output_dir=GENERATED, seed=seed,
-                               **plan.rm)
+    config = RewardModelConfig(model=str(model_dir), dataset=snapshot.path, output_dir=PLACEHOLDER_OUTPUT,
+                               seed=seed, **plan.rm)
     run = launch_rm_run(config=config, snapshot=snapshot, name="demo reward model", created_by=staff)
     out(f"   queued {run}; the worker trains it: /dashboard/runs/{run.pk}/")
     return wait_for_run(run=run, services=services, desc="reward model")
@@ -428,19 +427,19 @@ def ppo_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, r
     from training.selectors import run_model_dir
 
     earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO, reward_model_run=rm_run)
-    again = _reuse_or_resume(runs=earlier, what="it was trained with this reward model", staff=staff, out=out)
+    again = _reuse_or_resume(runs=earlier, what="it was trained with this reward model", staff=staff,
+                             services=services, desc="PPO", out=out)
     if again is not None:
-        return again if again.status == TrainingRun.Status.SUCCEEDED else wait_for_run(
-            run=again, services=services, desc="PPO", total=PPOConfig(**again.config).num_iterations)
+        return again
     rm_dir = run_model_dir(rm_run)
     if rm_dir is None:
         raise DemoError(f"{rm_run} left no reward model in {rm_run.output_dir}")
-    config = PPOConfig(policy=str(model_dir), reward_model=str(rm_dir), prompts=GENERATED, output_dir=GENERATED,
-                       task="demo", seed=seed, **plan.ppo)
+    config = PPOConfig(policy=str(model_dir), reward_model=str(rm_dir), prompts=PLACEHOLDER_OUTPUT,
+                       output_dir=PLACEHOLDER_OUTPUT, task="demo", seed=seed, **plan.ppo)
     run = launch_ppo_run(config=config, reward_model_run=rm_run, project=project, name="demo PPO", created_by=staff)
     out(f"   queued {run}: {config.num_iterations} iterations of {config.rollout_batch_size} rollouts; "
         f"live at /dashboard/runs/{run.pk}/")
-    return wait_for_run(run=run, services=services, desc="PPO", total=config.num_iterations)
+    return wait_for_run(run=run, services=services, desc="PPO")
 
 
 def new_round_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, ppo_run: TrainingRun,
