@@ -166,6 +166,9 @@ class DatabaseReporter:
             run.save(update_fields=["evaluation"])
         self.run.evaluation = evaluation
 
+    def on_outputs(self, outputs: dict[str, str]) -> None:
+        """What the trainer wrote (recording it on the run is helper A's follow-up)."""
+
     def on_log(self, message: str) -> None:
         logger.info("run %s: %s", self.run.pk, message)
         if self.echo:

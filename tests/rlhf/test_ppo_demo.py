@@ -40,6 +40,12 @@ class Curve:
     def on_checkpoint(self, step, path):
         pass
 
+    def on_start(self, *, total_steps, start_step):
+        pass
+
+    def on_outputs(self, outputs):
+        pass
+
     def on_evaluation(self, results):
         pass
 

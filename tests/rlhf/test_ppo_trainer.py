@@ -29,7 +29,15 @@ class RecordingReporter:
         self.checkpoints: list[tuple[int, str]] = []
         self.evaluations: list[dict] = []
         self.logs: list[str] = []
+        self.starts: list[tuple[int, int]] = []  # (total_steps, start_step)
+        self.outputs: list[dict[str, str]] = []
         self.stop_after = stop_after
+
+    def on_start(self, *, total_steps, start_step):
+        self.starts.append((total_steps, start_step))
+
+    def on_outputs(self, outputs):
+        self.outputs.append(dict(outputs))
 
     def on_metrics(self, step, metrics):
         self.metrics[step] = dict(metrics)
@@ -170,6 +178,8 @@ def test_full_mode_trains_actor_and_critic_only_and_reports_everything(
     torch.testing.assert_close(value_model.value_head.weight, models.critic.value_head.weight.detach().cpu())
     saved = json.loads((tmp_path / "out" / "config.json").read_text())
     assert saved["rollout_batch_size"] == 8 and (tmp_path / "out" / "evaluation.json").exists()
+    assert reporter.starts == [(2, 0)]
+    assert reporter.outputs == [{"policy": str(result.policy_dir), "value_model": str(result.value_model_dir)}]
 
 
 def models_logprobs(models):
@@ -206,7 +216,8 @@ def test_lora_memory_mode_trains_adapters_only(
     config = make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "out", lora=True, critic_lora=True,
                          lora_r=4, lora_alpha=8.0, lr=5e-3, critic_lr=5e-3, evaluate=False,
                          gradient_checkpointing=True)
-    result = train_ppo(config, reporter=RecordingReporter())
+    reporter = RecordingReporter()
+    result = train_ppo(config, reporter=reporter)
     models = captured["models"]
     assert models.reference is None and models.critic_shares_reward_backbone
 
@@ -235,6 +246,9 @@ def test_lora_memory_mode_trains_adapters_only(
     merged = AutoModelForCausalLM.from_pretrained(result.policy_dir)
     assert not any("lora" in name for name in merged.state_dict())
     assert (result.output_dir / "policy_adapter" / "adapter_config.json").exists()
+    [outputs] = reporter.outputs
+    assert set(outputs) == {"policy", "value_model", "policy_adapter"}
+    assert all(Path(path).is_dir() for path in outputs.values())
 
 
 def test_resumed_run_reaches_the_same_state(random_lm_dir, random_rm_dir, prompt_file, tmp_path):
@@ -253,6 +267,10 @@ def test_resumed_run_reaches_the_same_state(random_lm_dir, random_rm_dir, prompt
     resumed = train_ppo(make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "b", resume="last",
                                     **common), reporter=second)
     assert resumed.iterations == straight.iterations == 4 and sorted(second.metrics) == [3, 4]
+    # on_start carries the resumed iteration; only a finished run reports outputs, which exist
+    assert first.starts == [(4, 0)] and second.starts == [(4, 2)]
+    assert first.outputs == [] and [sorted(o) for o in second.outputs] == [["policy", "value_model"]]
+    assert all(Path(path).is_dir() for path in second.outputs[0].values())
 
     a, b = tmp_path / "a" / "checkpoints" / "iter-000004", tmp_path / "b" / "checkpoints" / "iter-000004"
     for name in ("model.safetensors", "model_1.safetensors"):  # actor, critic

@@ -30,7 +30,15 @@ class RecordingReporter:
         self.checkpoints: list[tuple[int, str]] = []
         self.evaluations: list[dict] = []
         self.logs: list[str] = []
+        self.starts: list[tuple[int, int]] = []  # (total_steps, start_step)
+        self.outputs: list[dict[str, str]] = []
         self.stop_after = stop_after
+
+    def on_start(self, *, total_steps, start_step):
+        self.starts.append((total_steps, start_step))
+
+    def on_outputs(self, outputs):
+        self.outputs.append(dict(outputs))
 
     def on_metrics(self, step, metrics):
         self.metrics.append((step, dict(metrics)))
@@ -182,6 +190,10 @@ def test_should_stop_checkpoints_and_resume_continues_the_same_run(random_lm_dir
     finally:
         trainer_module._load_checkpoint = original
     assert resumer.train_steps() == [5, 6] and resumed.steps == 6 and not resumed.stopped
+    # on_start carries the resumed step; only the finished run reports its output, a loadable directory
+    assert stopper.starts == [(6, 0)] and resumer.starts == [(6, 4)]
+    assert stopper.outputs == [] and resumer.outputs == [{"reward_model": str(tmp_path / "b")}]
+    assert (tmp_path / "b" / "reward_model.json").exists()
     assert seen_optimizer["step"] == 4
     for key, values in saved_optimizer["state"].items():
         for name in ("exp_avg", "exp_avg_sq", "step"):

@@ -681,6 +681,8 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
             stored = json.loads(saved_before.read_text(encoding="utf-8"))
             evaluation["before"], before_rows = stored["summary"], stored["rows"]
 
+    report.on_start(total_steps=config.num_iterations, start_step=state.iteration)
+
     # Evaluation before training (the starting policy = the reference), with a fixed seed.
     eval_seed = config.seed + 104729
     if config.evaluate and eval_records and "before" not in evaluation:
@@ -890,6 +892,11 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
             report.on_log(f"evaluation after: {_format(summary)}")
     if main and lora_actor:  # merge last: the evaluation above still needed the adapter-disabled reference
         save_policy(unwrapped_actor, models.tokenizer, policy_dir)
+    if main:
+        outputs = {"policy": str(policy_dir), "value_model": str(value_dir)}
+        if lora_actor:
+            outputs["policy_adapter"] = str(output_dir / "policy_adapter")
+        report.on_outputs(outputs)
     accelerator.wait_for_everyone()
     result.iterations = state.iteration
     result.policy_dir, result.value_model_dir = policy_dir, value_dir

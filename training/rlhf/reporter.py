@@ -14,6 +14,10 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class Reporter(Protocol):
+    def on_start(self, *, total_steps: int, start_step: int) -> None:
+        """The run begins: `total_steps` planned (RM optimizer steps, PPO iterations), `start_step` already done
+        (0 on a fresh run, the checkpoint's step on a resumed one)."""
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Scalar metrics for one optimisation step (loss, reward, kl, lr, tokens_per_s…)."""
 
@@ -29,12 +33,19 @@ class Reporter(Protocol):
     def on_log(self, message: str) -> None:
         """A human-readable progress line."""
 
+    def on_outputs(self, outputs: dict[str, str]) -> None:
+        """What the finished run wrote, by name: {"reward_model": dir} or {"policy": dir, "value_model": dir,
+        "policy_adapter": dir (LoRA only)}. Called once, at the end of a run that was not stopped."""
+
     def should_stop(self) -> bool:
         """True when the user asked for a graceful stop; trainers check it between steps."""
 
 
 class NullReporter:
     """Reports nowhere; never asks to stop."""
+
+    def on_start(self, *, total_steps: int, start_step: int) -> None:
+        pass
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         pass
@@ -49,6 +60,9 @@ class NullReporter:
         pass
 
     def on_log(self, message: str) -> None:
+        pass
+
+    def on_outputs(self, outputs: dict[str, str]) -> None:
         pass
 
     def should_stop(self) -> bool:
@@ -72,6 +86,9 @@ class JsonlReporter:
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=str) + "\n")
 
+    def on_start(self, *, total_steps: int, start_step: int) -> None:
+        self._write("start", total_steps=total_steps, start_step=start_step)
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self._write("metrics", step=step, metrics=metrics)
 
@@ -88,6 +105,9 @@ class JsonlReporter:
         self._write("log", message=message)
         if self.echo:
             print(message, flush=True)
+
+    def on_outputs(self, outputs: dict[str, str]) -> None:
+        self._write("outputs", outputs=outputs)
 
     def should_stop(self) -> bool:
         return self.stop_file.exists()

@@ -464,8 +464,7 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
         _load_checkpoint(run, resume_from, scheduler, total_steps)
     elif config.resume == "last":
         run.log("no checkpoint to resume from; starting fresh")
-    if hasattr(run.reporter, "on_start"):
-        run.reporter.on_start(total_steps=total_steps, start_step=run.step)
+    run.reporter.on_start(total_steps=total_steps, start_step=run.step)
     run.log(f"training: {total_steps} steps ({steps_per_epoch}/epoch × {config.epochs} epoch(s)), "
             f"{config.batch_size} rankings per batch × {accelerator.num_processes} process(es)"
             + (f" × {accumulation} accumulated" if accumulation > 1 else ""))
@@ -557,6 +556,7 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
         (run.output_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=str) + "\n",
                                                       encoding="utf-8")
         run.reporter.on_evaluation(evaluation)
+        run.reporter.on_outputs({"reward_model": str(run.output_dir)})
         run.log(f"saved the reward model to {run.output_dir}")
     accelerator.wait_for_everyone()
     return RewardModelResult(output_dir=run.output_dir, model_dir=run.output_dir, steps=run.step,

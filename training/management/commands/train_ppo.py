@@ -39,13 +39,13 @@ PROMPT_FILE_WAIT_SECONDS = 600
 class PPOProgress(ProgressReporter):
     """The run's reporter plus a progress bar over iterations and the graceful stop on SIGINT/SIGTERM."""
 
-    def start(self, *, total: int) -> None:
-        if hasattr(self.inner, "on_start"):
-            self.inner.on_start(total_steps=total, start_step=0)
+    def on_start(self, *, total_steps: int, start_step: int) -> None:
+        self.inner.on_start(total_steps=total_steps, start_step=start_step)
         if self.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="it", disable=None, dynamic_ncols=True, desc="train_ppo")
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="it", disable=None, dynamic_ncols=True,
+                            desc="train_ppo")
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.inner.on_metrics(step, metrics)
@@ -283,7 +283,6 @@ class Command(BaseCommand):
             with executing(run=run, echo=self.stdout.write) as database_reporter:
                 reporter = PPOProgress(database_reporter, progress=progress)
                 reporter.install_signal_handlers()
-                reporter.start(total=config.num_iterations)
                 try:
                     result = train_ppo(config, reporter=reporter)
                 finally:

@@ -138,6 +138,9 @@ class ProgressReporter:
     def on_log(self, message: str) -> None:
         self.inner.on_log(message)
 
+    def on_outputs(self, outputs: dict[str, str]) -> None:
+        self.inner.on_outputs(outputs)
+
     def should_stop(self) -> bool:
         return self.signalled or self.inner.should_stop()
 
