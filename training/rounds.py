@@ -2,15 +2,14 @@
 
 - `sample_new_round`: copy a round's prompts into the project's next round and sample K responses per prompt
   from a policy (a finished PPO run's, or any model under the roots), optionally mixing in responses of a
-  second "baseline" policy so annotators rank new against old blind (the display order is shuffled per
-  annotator by the queue);
+  second "baseline" policy so annotators rank new against old blind (each prompt's responses are inserted
+  together in a random order, and the display order is shuffled per annotator by the queue);
 - `rm_accuracy_on_new_rankings`: a reward model's pairwise accuracy on the rankings it did not train on
   (created after the data snapshot it was trained from).
 """
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ def sample_new_round(
     With `baseline_model_path` and `baseline_k` > 0, each prompt gets K − baseline_k responses from the new
     policy and baseline_k from the baseline (blind A/B within one ranking). Returns a summary for the job.
     """
-    from annotate.services.sampling import sample_project_responses
+    from annotate.services.sampling import PolicyShare, sample_mixed_responses, sample_project_responses
 
     sampling = {key: value for key, value in (sampling or {}).items() if key in SAMPLING_KEYS and value is not None}
     k = project.k_min if k is None else k
@@ -91,24 +90,22 @@ def sample_new_round(
     prompts = copy_prompts_to_round(
         project=project, from_round=from_round, to_round=round_number, max_prompts=max_prompts, note=note
     )
-    new_k = k - baseline_k if baseline_model_path and baseline_k else k
-    first_pass = project
-    if new_k < project.k_min:
-        # A mixed round is filled in two passes; the first leaves fewer than k_min responses per prompt, the
-        # second completes every prompt to K. The service checks K against the project, so show it the range
-        # this pass needs (an unsaved copy: the project itself is not changed).
-        first_pass = copy.copy(project)
-        first_pass.k_min = new_k
-    summary = sample_project_responses(
-        project=first_pass, model=model_path, k=new_k, round=round_number, training_run=training_run, **sampling
-    )
-    result: dict[str, Any] = {"round": round_number, "from_round": from_round, "prompts": prompts,
-                              "policy": summary.as_dict()}
     if baseline_model_path and baseline_k:
-        baseline = sample_project_responses(
-            project=project, model=baseline_model_path, k=k, round=round_number, **sampling
+        # Blind A/B: both policies' responses of a prompt are sampled first, then inserted together in a
+        # random order (contiguous ids, the baseline's rank among them uniform), so nothing tells them apart.
+        summary = sample_mixed_responses(
+            project=project, round=round_number, **sampling,
+            shares=[PolicyShare(model=model_path, k=k - baseline_k, training_run=training_run),
+                    PolicyShare(model=baseline_model_path, k=baseline_k)],
         )
-        result["baseline"] = baseline.as_dict()
+        policy_part, baseline_part = summary.shares
+        result: dict[str, Any] = {"round": round_number, "from_round": from_round, "prompts": prompts,
+                                  "policy": policy_part, "baseline": baseline_part, "sampling": summary.as_dict()}
+    else:
+        summary = sample_project_responses(
+            project=project, model=model_path, k=k, round=round_number, training_run=training_run, **sampling
+        )
+        result = {"round": round_number, "from_round": from_round, "prompts": prompts, "policy": summary.as_dict()}
     result["responses"] = sum(part.get("responses_created", 0) for key, part in result.items()
                               if key in ("policy", "baseline") and isinstance(part, dict))
     return result
