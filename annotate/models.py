@@ -5,12 +5,16 @@ is never updated: a correction is a new Ranking from a new assignment.
 """
 
 import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
-from django.db.models import Q
+from django.db import models, transaction
+from django.db.models import Case, Count, IntegerField, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 K_MIN_LIMIT, K_MAX_LIMIT = 4, 9
 LIKERT_MIN, LIKERT_MAX = 1, 7
@@ -65,9 +69,84 @@ class Project(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args, **kwargs):
+        before = None
+        if self.pk is not None:
+            before = Project.objects.filter(pk=self.pk).values_list("k_min", "annotators_per_prompt").first()
+        super().save(*args, **kwargs)
+        if before is not None and before != (self.k_min, self.annotators_per_prompt):
+            # Which prompts are rankable and which are complete depends on these two fields.
+            refresh_queue_fields(prompt_ids=Prompt.objects.filter(project=self).values_list("pk", flat=True))
+
     def clean(self) -> None:
         if self.k_min > self.k_max:
             raise ValidationError({"k_min": "k_min must not exceed k_max."})
+
+
+# "Open since forever": the value of `Prompt.open_from` for a prompt with a free slot right now.
+ALWAYS_OPEN = datetime(1970, 1, 1, tzinfo=UTC)
+_LIVE = "leased"  # Assignment.State.LEASED (the class is defined below)
+
+
+def refresh_queue_fields(*, prompt_ids: Iterable[int], now: datetime | None = None, chunk: int = 2000) -> None:
+    """Recompute the queue's stored fields of these prompts from their rows: ``num_responses``,
+    ``num_rankings`` and ``open_from`` (see `Prompt`). Call it in the transaction that changed their
+    responses, rankings or leases.
+
+    Each prompt row is locked before it is recounted, and the recount is a new statement: under READ COMMITTED
+    it sees every change committed before the lock was granted, and every writer of those rows recounts after
+    its own change while holding the lock, so the last recount in commit order has seen them all.
+    """
+    now = now or timezone.now()
+    ids = sorted(set(prompt_ids))
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        with transaction.atomic():
+            # Lock order as in the queue (prompts by id); FOR NO KEY UPDATE does not block inserts referencing them.
+            list(Prompt.objects.select_for_update(no_key=True).filter(pk__in=part).order_by("pk").values_list("pk"))
+            _recount(Prompt.objects.filter(pk__in=part), now=now)
+
+
+def _recount(prompts: "models.QuerySet[Prompt]", *, now: datetime) -> None:
+    def count(model, **filters):
+        rows = model.objects.filter(prompt=OuterRef("pk"), **filters).order_by().values("prompt")
+        return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n"), output_field=IntegerField()), Value(0))
+
+    project = Project.objects.filter(pk=OuterRef("project_id"))
+    prompts.update(num_responses=count(Response), num_rankings=count(Ranking))
+    live = Assignment.objects.filter(prompt=OuterRef("pk"), state=_LIVE, lease_expires_at__gt=now).order_by()
+    first_expiry = live.values("prompt").annotate(t=Min("lease_expires_at")).values("t")
+    prompts.update(
+        open_from=Case(
+            When(
+                Q(num_responses__lt=Subquery(project.values("k_min")))
+                | Q(num_rankings__gte=Subquery(project.values("annotators_per_prompt"))),
+                then=Value(None),
+            ),
+            When(
+                Q(num_rankings__lt=Subquery(project.values("annotators_per_prompt")) - count(
+                    Assignment, state=_LIVE, lease_expires_at__gt=now)),
+                then=Value(ALWAYS_OPEN),
+            ),
+            default=Subquery(first_expiry),
+            output_field=models.DateTimeField(),
+        )
+    )
+
+
+class _CountedQuerySet(models.QuerySet):
+    """Bulk writes of responses and rankings keep their prompts' queue fields in step."""
+
+    def bulk_create(self, objs, *args, **kwargs):
+        created = super().bulk_create(objs, *args, **kwargs)
+        refresh_queue_fields(prompt_ids={obj.prompt_id for obj in created})
+        return created
+
+    def delete(self):
+        prompt_ids = set(self.values_list("prompt_id", flat=True))
+        result = super().delete()
+        refresh_queue_fields(prompt_ids=prompt_ids)
+        return result
 
 
 class Prompt(models.Model):
@@ -79,13 +158,31 @@ class Prompt(models.Model):
     source = models.CharField(max_length=500, blank=True, help_text="File or API call it came from.")
     round = models.PositiveIntegerField(default=1, help_text="Annotation round (a new round per new policy).")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The queue's index (kept by `refresh_queue_fields` in the transactions that change them; the recount under
+    # the prompt's lock in annotate.services.queue stays the source of truth):
+    num_responses = models.PositiveIntegerField(default=0, editable=False)
+    num_rankings = models.PositiveIntegerField(default=0, editable=False)
+    open_from = models.DateTimeField(
+        null=True, blank=True, editable=False,
+        help_text="When the prompt may next have a free slot: ALWAYS_OPEN when it has one now; the earliest "
+        "expiry of its live leases when they fill it; NULL when it is complete or has too few responses.",
+    )
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(fields=["project", "round", "text_hash"], name="prompt_unique_text_per_round")
         ]
-        indexes = [models.Index(fields=["project", "round"])]
+        indexes = [
+            models.Index(fields=["project", "round"]),
+            # Fewest rankings first, oldest round first, lowest id: the next task is the first row of this index
+            # whose open_from has passed; complete and unrankable prompts are not in it.
+            models.Index(
+                fields=["project", "num_rankings", "round", "id", "open_from"],
+                condition=Q(open_from__isnull=False),
+                name="prompt_queue_order",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.text[:80]
@@ -113,6 +210,8 @@ class Response(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = _CountedQuerySet.as_manager()
+
     class Meta:
         ordering = ["id"]
 
@@ -121,7 +220,15 @@ class Response(models.Model):
 
     def save(self, *args, **kwargs):
         self.text_hash = text_hash(self.text)
-        super().save(*args, **kwargs)
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            refresh_queue_fields(prompt_ids=[self.prompt_id])
+
+    def delete(self, *args, **kwargs):
+        with transaction.atomic():
+            result = super().delete(*args, **kwargs)
+            refresh_queue_fields(prompt_ids=[self.prompt_id])
+        return result
 
 
 class Assignment(models.Model):
@@ -180,6 +287,8 @@ class Ranking(models.Model):
     guideline_version = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = _CountedQuerySet.as_manager()
+
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["prompt", "created_at"])]
@@ -190,7 +299,15 @@ class Ranking(models.Model):
     def save(self, *args, **kwargs):
         if self.pk is not None and not kwargs.pop("_allow_update", False):
             raise ValidationError("A submitted ranking is immutable.")
-        super().save(*args, **kwargs)
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            refresh_queue_fields(prompt_ids=[self.prompt_id])
+
+    def delete(self, *args, **kwargs):
+        with transaction.atomic():
+            result = super().delete(*args, **kwargs)
+            refresh_queue_fields(prompt_ids=[self.prompt_id])
+        return result
 
 
 class Draft(models.Model):

@@ -32,11 +32,11 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotate.models import Assignment, Draft, Project, Prompt, Ranking, Response
+from annotate.models import Assignment, Draft, Project, Prompt, Ranking, Response, refresh_queue_fields
 from annotate.services.errors import TaskNotFound
 
 LEASED = Assignment.State.LEASED
@@ -88,19 +88,46 @@ def member_project_ids(*, annotator, project: Project | None = None) -> list[int
 def candidate_prompts(*, annotator, project_ids: list[int], now: datetime) -> QuerySet[Prompt]:
     """Prompts the annotator could be given now, best first (fewest rankings, oldest round, lowest id).
 
-    Offered: enough responses (``k_min``), open slots, and not already ranked or skipped by this annotator.
+    Offered: rankable, not complete, not filled by live leases (``open_from`` has passed; see `Prompt`), and not
+    already ranked or skipped by this annotator. For one project this walks the ``prompt_queue_order`` index from
+    its start, so finding the first candidate costs O(log prompts) plus the rows it passes over: prompts that live
+    leases fill and prompts this annotator finished, bounded by the leases out and their own history, not by the
+    size of the project. ``open_from`` is a hint that errs towards open; the caller recounts under the lock.
     """
     finished_by_me = Assignment.objects.filter(prompt=OuterRef("pk"), annotator=annotator, state__in=FINISHED_STATES)
     ranked_by_me = Ranking.objects.filter(prompt=OuterRef("pk"), annotator=annotator)
     return (
-        annotate_prompt_counts(Prompt.objects.filter(project_id__in=project_ids), now=now, annotator=annotator)
-        .filter(n_responses__gte=F("project__k_min"))
-        .alias(n_taken=F("n_rankings") + F("n_live_others"))
-        .filter(n_taken__lt=F("project__annotators_per_prompt"))
+        Prompt.objects.filter(project_id__in=project_ids, open_from__isnull=False, open_from__lte=now)
         .exclude(Exists(finished_by_me))
         .exclude(Exists(ranked_by_me))
-        .order_by("n_rankings", "round", "pk")
+        .order_by("num_rankings", "round", "pk")
     )
+
+
+def _lock_next_candidate(*, annotator, project_ids: list[int], now: datetime, tried: list[int]) -> Prompt | None:
+    """Lock the best candidate nobody else is leasing (``SKIP LOCKED``); when every candidate is locked by an
+    annotator being leased right now, wait for one rather than report "no work" while work exists.
+
+    Several projects: each project's head of the queue is read through its own index, and the projects are tried
+    in the order of their heads (one ordered scan across projects would sort all their prompts)."""
+    if len(project_ids) > 1:
+        heads = []
+        for project_id in project_ids:
+            head = (candidate_prompts(annotator=annotator, project_ids=[project_id], now=now)
+                    .exclude(pk__in=tried).values_list("num_rankings", "round", "pk").first())
+            if head is not None:
+                heads.append((head, project_id))
+        project_ids = [project_id for _, project_id in sorted(heads)]
+    for wait in (False, True):
+        for project_id in project_ids:
+            candidates = candidate_prompts(annotator=annotator, project_ids=[project_id], now=now).exclude(pk__in=tried)
+            if wait:
+                prompt = candidates.select_for_update(of=("self",), no_key=True).first()
+            else:
+                prompt = candidates.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
+            if prompt is not None:
+                return prompt
+    return None
 
 
 def open_slots(*, prompt: Prompt, annotator, now: datetime) -> int:
@@ -153,7 +180,7 @@ def _grant(*, prompt: Prompt, project: Project, annotator, now: datetime) -> Ass
         order = display_order_for(
             prompt_id=prompt.pk, annotator_id=annotator.pk, response_ids=response_ids, k_max=project.k_max
         )
-        return Assignment.objects.create(
+        assignment = Assignment.objects.create(
             prompt=prompt,
             annotator=annotator,
             state=LEASED,
@@ -161,6 +188,8 @@ def _grant(*, prompt: Prompt, project: Project, annotator, now: datetime) -> Ass
             leased_at=now,
             lease_expires_at=lease_until,
         )
+        refresh_queue_fields(prompt_ids=[prompt.pk], now=now)
+        return assignment
     # The annotator's own expired lease on this prompt: same row, same display order, so their draft still fits,
     # unless the prompt's responses changed underneath it.
     if not assignment.display_order or not set(assignment.display_order) <= set(response_ids):
@@ -173,6 +202,7 @@ def _grant(*, prompt: Prompt, project: Project, annotator, now: datetime) -> Ass
     assignment.lease_expires_at = lease_until
     assignment.finished_at = None
     assignment.save(update_fields=["state", "display_order", "leased_at", "lease_expires_at", "finished_at"])
+    refresh_queue_fields(prompt_ids=[prompt.pk], now=now)
     return assignment
 
 
@@ -213,16 +243,13 @@ def lease_next_task(*, annotator, project: Project | None = None, now: datetime 
         # 3. the best candidate that still has a slot once locked
         tried: list[int] = []
         while True:
-            candidates = candidate_prompts(annotator=annotator, project_ids=project_ids, now=now).exclude(pk__in=tried)
-            prompt = candidates.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
+            prompt = _lock_next_candidate(annotator=annotator, project_ids=project_ids, now=now, tried=tried)
             if prompt is None:
-                # Everything left is locked by annotators being leased right now: wait for one rather than
-                # report "no work" while work exists (lease transactions are short).
-                prompt = candidates.select_for_update(of=("self",), no_key=True).first()
-                if prompt is None:
-                    return None
+                return None
             if open_slots(prompt=prompt, annotator=annotator, now=now) > 0:
                 return _grant(prompt=prompt, project=projects[prompt.project_id], annotator=annotator, now=now)
+            # Its hint was stale (a lease renewed by autosaves, a late submit): recount it so the index is right.
+            refresh_queue_fields(prompt_ids=[prompt.pk], now=now)
             tried.append(prompt.pk)
 
 

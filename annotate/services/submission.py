@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotate.models import Assignment, Draft, Ranking
+from annotate.models import Assignment, Draft, Ranking, refresh_queue_fields
 from annotate.services.errors import TaskConflict, TaskNotFound
 from annotate.services.queue import is_lease_live, lock_prompt, lock_user, open_slots
 from annotate.services.validation import clean_submission
@@ -102,6 +102,11 @@ def submit_ranking(
         seconds = payload.seconds_spent
         if seconds is None:
             seconds = max(0.0, (now - assignment.leased_at).total_seconds())
+        # The assignment is marked first so that the ranking's insert recounts the prompt's queue fields with
+        # the lease already turned into a ranking (counted once, not twice).
+        assignment.state = Assignment.State.SUBMITTED
+        assignment.finished_at = now
+        assignment.save(update_fields=["state", "finished_at"])
         try:
             with transaction.atomic():
                 ranking = Ranking.objects.create(
@@ -122,9 +127,6 @@ def submit_ranking(
             # Only reachable where the assignment lock is not a real lock: someone else's insert won the race.
             ranking = Ranking.objects.get(assignment=assignment)
             return SubmissionResult(ranking=ranking, created=False)
-        assignment.state = Assignment.State.SUBMITTED
-        assignment.finished_at = now
-        assignment.save(update_fields=["state", "finished_at"])
         Draft.objects.filter(assignment=assignment).delete()
     return SubmissionResult(ranking=ranking, created=True)
 
@@ -152,4 +154,5 @@ def skip_task(*, annotator, assignment_id: int, reason: Any, now: datetime | Non
         assignment.finished_at = now
         assignment.save(update_fields=["state", "skip_reason", "finished_at"])
         Draft.objects.filter(assignment=assignment).delete()
+        refresh_queue_fields(prompt_ids=[assignment.prompt_id], now=now)  # a leased slot is free again
     return assignment
