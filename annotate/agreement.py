@@ -7,6 +7,7 @@ a K-wise ranking is C(K, 2) pairwise comparisons; the labelers there agreed with
 72.6 ± 1.5 % of comparisons, §5.1).
 
 Contents
+- `ordered_pairs` (from the record contract, training/rlhf/data.py): a ranking's strict preferences.
 - `pair_relations` / `compare_rankings`: how two annotators' rankings of the same items agree pair by pair.
 - `kendall_tau_b`, `ranking_tau_b`: Kendall's rank correlation with ties (Kendall 1945).
 - `borda_scores`, `consensus_ranking`: Borda count with ties, normalised for partial rankings.
@@ -22,6 +23,8 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import combinations
+
+from training.rlhf.data import ordered_pairs  # the record contract's pairs; annotate's callers import it here
 
 Item = Hashable
 Tiers = Sequence[Sequence[Item]]
@@ -47,20 +50,6 @@ def preference(positions: Mapping[Item, int], a: Item, b: Item) -> int:
     """+1 when a is ranked above b, −1 when below, 0 when they are tied."""
     pa, pb = positions[a], positions[b]
     return (pa < pb) - (pa > pb)
-
-
-def ordered_pairs(tiers: Tiers) -> list[tuple[Item, Item, int]]:
-    """Every strict preference in a ranking as (winner, loser, tier distance), best pairs first.
-
-    Tied pairs are left out. A full ranking of K items without ties has C(K, 2) = K(K−1)/2 pairs
-    (K = 4 → 6, K = 9 → 36); a tie between two items removes exactly one pair.
-    """
-    pairs = []
-    for hi, lo in combinations(range(len(tiers)), 2):
-        for winner in tiers[hi]:
-            for loser in tiers[lo]:
-                pairs.append((winner, loser, lo - hi))
-    return pairs
 
 
 # --- Two annotators on one prompt ----------------------------------------------------------------------

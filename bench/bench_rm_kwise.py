@@ -30,9 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from training.rlhf.data import tiers_to_ranks  # noqa: E402
 from training.rlhf.demo_task import SimulatedAnnotator, demo_prompts, sample_demo_responses  # noqa: E402
 from training.rlhf.reward_model import RewardModel, pad_sequences  # noqa: E402
-from training.rlhf.rm_loss import kwise_ranking_loss, pairwise_loss, tiers_to_ranks  # noqa: E402
+from training.rlhf.rm_loss import kwise_ranking_loss, pairwise_loss  # noqa: E402
 
 RESULTS_FILE = REPO_ROOT / "bench" / "RESULTS.md"
 SECTION = "## Reward model: K-wise vs pairwise"

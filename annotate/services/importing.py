@@ -42,6 +42,17 @@ from annotate.models import (
     Response,
     text_hash,
 )
+from training.rlhf.data import (
+    DatasetError,
+    RowProblem,
+    dataset_splits,
+    is_datasets_dir,
+    jsonl_rows,
+    load_datasets_dir,
+    open_parquet,
+    parquet_rows,
+    tier_issues,
+)
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 MAX_REPORTED_ERRORS = 50
@@ -218,48 +229,29 @@ def api_records(records: list) -> Iterator[Located]:
 
 def read_jsonl(stream: BinaryIO, name: str, limit: int, advance: Advance = _no_progress) -> Iterator[Located]:
     """One JSON object per line; blank lines are ignored. A line longer than `limit` bytes is rejected
-    without being held in memory (the rest of it is read and dropped in 1 MiB chunks)."""
-    line_number = 0
+    without being held in memory (the record contract's reader, training.rlhf.data.jsonl_rows)."""
     seen_content = False
-    while True:
-        line = stream.readline(limit + 2)  # room for a record of `limit` bytes and its \r\n
-        if not line:
-            break
-        line_number += 1
-        advance(len(line))
-        location = f"{name} line {line_number}"
-        content = line.rstrip(b"\r\n")
-        if len(content) > limit:
-            seen_content = True
-            if not line.endswith(b"\n"):
-                while True:
-                    chunk = stream.readline(1024 * 1024)
-                    advance(len(chunk))
-                    if not chunk or chunk.endswith(b"\n"):
-                        break
-            yield location, RecordError(location, _too_long(limit))
-            continue
-        if line_number == 1 and content.startswith(b"\xef\xbb\xbf"):
-            content = content[3:]
-        if not content.strip():
-            continue
+    for number, value in jsonl_rows(stream, max_line_bytes=limit, advance=advance):
         seen_content = True
-        try:
-            text = content.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield location, RecordError(location, f"not valid UTF-8 (byte {exc.start + 1})")
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield location, RecordError(location, f"not valid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(record, dict):
-            yield location, RecordError(location, f"expected a JSON object, got {_type_name(record)}")
-            continue
-        yield location, record
+        location = f"{name} line {number}"
+        if isinstance(value, RowProblem):
+            yield location, RecordError(location, _row_problem(value, limit))
+        elif not isinstance(value, dict):
+            yield location, RecordError(location, f"expected a JSON object, got {_type_name(value)}")
+        else:
+            yield location, value
     if not seen_content:
         raise RecordFileError(f"{name}: the file is empty (no records)")
+
+
+def _row_problem(problem: RowProblem, limit: int) -> str:
+    if problem.kind == "too_long":
+        return _too_long(limit)
+    if problem.kind == "encoding":
+        return f"not valid UTF-8 (byte {problem.position})"
+    if not problem.position:
+        return f"not valid JSON: {problem.reason}"
+    return f"not valid JSON: {problem.reason} (column {problem.position})"
 
 
 class _CountingReader(io.RawIOBase):
@@ -357,16 +349,14 @@ _TEXT_READERS = {"jsonl": read_jsonl, "csv": read_csv}
 
 
 def _parquet_source(name: str, opener: Callable[[], BinaryIO], limit: int, close: bool = True) -> RecordSource:
-    import pyarrow.parquet as pq
-
     def open_file():
         stream = opener()
         try:
-            return stream, pq.ParquetFile(stream)
-        except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses for non-Parquet data
+            return stream, open_parquet(stream, name=name)
+        except DatasetError as exc:
             if close:
                 stream.close()
-            raise RecordFileError(f"{name}: not a readable Parquet file ({exc})") from exc
+            raise RecordFileError(str(exc)) from exc
 
     stream, parquet = open_file()
     total = parquet.metadata.num_rows
@@ -381,13 +371,10 @@ def _parquet_source(name: str, opener: Callable[[], BinaryIO], limit: int, close
     def reader(advance: Advance) -> Iterator[Located]:
         stream, parquet = open_file()
         try:
-            row_number = 0
-            for batch in parquet.iter_batches(batch_size=256):
-                for row in batch.to_pylist():
-                    row_number += 1
-                    advance(1)
-                    location = f"{name} row {row_number}"
-                    yield location, _table_record(location, row, limit)
+            for row_number, row in enumerate(parquet_rows(parquet), start=1):
+                advance(1)
+                location = f"{name} row {row_number}"
+                yield location, _table_record(location, row, limit)
         finally:
             if close:
                 stream.close()
@@ -398,19 +385,16 @@ def _parquet_source(name: str, opener: Callable[[], BinaryIO], limit: int, close
 def _datasets_source(path: Path, limit: int) -> RecordSource:
     """A directory saved with `save_to_disk` (Dataset or DatasetDict; every split is read), or a snapshot
     directory written by `export_rankings` (its K-wise records are read)."""
-    import datasets
-
     if (path / "manifest.json").exists() and (path / "kwise").is_dir():
         path = path / "kwise"
         if not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             raise RecordFileError(f"{path}: this snapshot is not in the datasets format; import its files instead")
-    if not any((path / marker).exists() for marker in ("dataset_dict.json", "state.json", "dataset_info.json")):
+    if not is_datasets_dir(path):
         raise RecordFileError(f"{path}: not a directory saved with datasets' save_to_disk")
     try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise RecordFileError(f"{path}: cannot load it with datasets.load_from_disk ({exc})") from exc
-    splits = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
+        splits = dataset_splits(load_datasets_dir(path))
+    except DatasetError as exc:
+        raise RecordFileError(f"{path}: cannot load it with datasets.load_from_disk ({exc.__cause__})") from exc
     name = path.name
     for split, dataset in splits:
         if "prompt" not in dataset.column_names:
@@ -580,18 +564,19 @@ def _check_ranking(raw: dict, n: int, err) -> CleanRanking | None:
     ):
         err("ranking", f"expected a list of non-empty lists of response indices, {example}")
         return None
-    flat = [i for t in tiers for i in t]
-    out_of_range = sorted({i for i in flat if not 0 <= i < n})
-    if out_of_range:
-        err("ranking", f"index {', '.join(map(str, out_of_range))} out of range ({n} responses, indices 0–{n - 1})")
+    issues = tier_issues(tiers, range(n))  # the record contract's partition rule (training/rlhf/data.py)
+
+    def items(kind: str) -> str:
+        return ", ".join(str(i) for i in sorted({issue.item for issue in issues if issue.kind == kind}))
+
+    if items("unknown"):
+        err("ranking", f"index {items('unknown')} out of range ({n} responses, indices 0–{n - 1})")
         return None
-    repeated = sorted({i for i in flat if flat.count(i) > 1})
-    if repeated:
-        err("ranking", f"response {', '.join(map(str, repeated))} appears more than once")
+    if items("repeated"):
+        err("ranking", f"response {items('repeated')} appears more than once")
         return None
-    missing = sorted(set(range(n)) - set(flat))
-    if missing:
-        err("ranking", f"response {', '.join(map(str, missing))} missing: a ranking must place every response")
+    if items("missing"):
+        err("ranking", f"response {items('missing')} missing: a ranking must place every response")
         return None
 
     ratings = raw.get("ratings")

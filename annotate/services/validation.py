@@ -14,6 +14,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from annotate.models import LIKERT_MAX, LIKERT_MIN, RESPONSE_FLAGS
+from training.rlhf.data import tier_issues
 
 MAX_RATIONALE_CHARS = 5000
 MAX_SECONDS = 24 * 3600.0
@@ -44,43 +45,42 @@ def _response_id(key: Any, displayed: set[int]) -> int | None:
 
 
 def clean_tiers(tiers: Any, *, display_order: list[int], errors: dict[str, list[str]]) -> list[list[int]]:
-    """Tiers must be a partition of exactly the displayed response ids: every one once, no other."""
+    """Tiers must be a partition of exactly the displayed response ids: every one once, no other (the record
+    contract's rule, training.rlhf.data.tier_issues; the messages here speak of response ids)."""
     if not isinstance(tiers, list) or not tiers:
         errors.setdefault("tiers", []).append(
             "tiers must be a non-empty list of tiers, best first; each tier is a list of response ids."
         )
         return []
-    displayed = set(display_order)
-    seen: set[int] = set()
     problems: list[str] = []
-    cleaned: list[list[int]] = []
+    shaped: list[list[Any]] = []  # one entry per tier, so that tier positions stay those of the payload
     for position, tier in enumerate(tiers, start=1):
         if not isinstance(tier, list):
             problems.append(f"tier {position} must be a list of response ids, got {type(tier).__name__}.")
-            continue
-        if not tier:
+            shaped.append([])
+        elif not tier:
             problems.append(f"tier {position} is empty.")
-            continue
-        row: list[int] = []
-        for item in tier:
-            if not _is_int(item):
-                problems.append(f"tier {position} contains {item!r}, which is not a response id (an integer).")
-            elif item not in displayed:
-                problems.append(f"response {item} (tier {position}) is not one of the responses shown in this task.")
-            elif item in seen:
-                problems.append(f"response {item} appears more than once.")
-            else:
-                seen.add(item)
-                row.append(item)
-        cleaned.append(row)
-    missing = [i for i in display_order if i not in seen]
+            shaped.append([])
+        else:
+            shaped.append(tier)
+    issues = tier_issues(shaped, display_order)
+    for issue in issues:
+        position = (issue.tier or 0) + 1
+        if issue.kind == "unknown" and not _is_int(issue.item):
+            problems.append(f"tier {position} contains {issue.item!r}, which is not a response id (an integer).")
+        elif issue.kind == "unknown":
+            problems.append(f"response {issue.item} (tier {position}) is not one of the responses shown in this task.")
+        elif issue.kind == "repeated":
+            problems.append(f"response {issue.item} appears more than once.")
+    missing = [issue.item for issue in issues if issue.kind == "missing"]
     if missing and not problems:
         problems.append(
             "every response shown must be ranked; missing: " + ", ".join(str(i) for i in missing) + "."
         )
     if problems:
         errors.setdefault("tiers", []).extend(problems)
-    return cleaned
+        return []  # the caller raises: nothing of a rejected ranking is kept
+    return [list(tier) for tier in tiers]
 
 
 def clean_ratings(ratings: Any, *, display_order: list[int], errors: dict[str, list[str]]) -> dict[str, int]:

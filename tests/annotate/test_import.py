@@ -181,6 +181,14 @@ def test_bad_utf8(tmp_path):
     assert "latin1.jsonl line 1: not valid UTF-8" in str(failure(path))
 
 
+def test_jsonl_nested_too_deeply_names_the_line(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"prompt": "ok"}\n{"prompt": "x", "metadata": {"a": ' + "[" * 100_000 + "]" * 100_000 + "}}\n")
+    exc = failure(path)
+    assert "deep.jsonl line 2: not valid JSON: nested too deeply" in str(exc)
+    assert exc.summary.rejected == 1 and nothing_written()
+
+
 def test_unsupported_and_missing_files(tmp_path):
     (tmp_path / "data.txt").write_text("hello")
     assert "unsupported file type '.txt'" in str(failure(tmp_path / "data.txt"))

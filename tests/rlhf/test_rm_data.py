@@ -7,8 +7,10 @@ import pytest
 
 from training.rlhf.data import (
     DatasetError,
+    RowProblem,
     available_splits,
     dataset_fingerprint,
+    jsonl_rows,
     load_calibration_texts,
     load_ranking_records,
     split_by_prompt,
@@ -177,3 +179,36 @@ def test_calibration_texts_and_unique_responses(tmp_path):
         load_calibration_texts(tmp_path / "bad.jsonl")
     records = load_ranking_records(write_jsonl(tmp_path / "r.jsonl", ROWS + ROWS[:1]))
     assert len(unique_responses(records)) == 9
+
+
+def test_jsonl_rows_report_each_bad_line_and_read_on():
+    """The shared JSONL reader (annotate's importer uses it too): a BOM, blank lines, a line over the limit,
+    bad UTF-8, bad JSON and JSON nested deeper than the stack each yield one (line, problem); reading goes on."""
+    import io
+
+    lines = [
+        b'\xef\xbb\xbf{"a": 1}',  # 1: BOM, read
+        b"",  # 2: blank, skipped
+        b'{"long": "' + b"x" * 200 + b'"}',  # 3: over the 100-byte limit
+        '{"p": "café"}'.encode("latin-1"),  # 4: not UTF-8
+        b'{"p": oops}',  # 5: not JSON
+        b"[" * 100_000 + b"]" * 100_000,  # 6: nested too deeply (a RecursionError inside json)
+        b"[1, 2]",  # 7: JSON, not an object: the caller decides
+    ]
+    read: list[int] = []
+    rows = list(jsonl_rows(io.BytesIO(b"\n".join(lines) + b"\n"), max_line_bytes=300_000, advance=read.append))
+    assert sum(read) == len(b"\n".join(lines)) + 1
+    assert [n for n, _ in rows] == [1, 3, 4, 5, 6, 7]
+    assert rows[0][1] == {"a": 1} and rows[1][1] == {"long": "x" * 200} and rows[-1][1] == [1, 2]
+    assert rows[2][1] == RowProblem("encoding", "invalid continuation byte", 11)
+    assert rows[3][1].kind == "json" and rows[3][1].position == 7
+    assert rows[4][1] == RowProblem("json", "nested too deeply")
+    limited = list(jsonl_rows(io.BytesIO(b"\n".join(lines[:4]) + b"\n"), max_line_bytes=100))
+    assert limited[1] == (3, RowProblem("too_long", position=100)) and limited[2][0] == 4  # counting went on
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + '{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin1\.jsonl:2: not valid UTF-8"):
+        load_ranking_records(path)

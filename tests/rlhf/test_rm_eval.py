@@ -13,7 +13,14 @@ from training.rlhf.demo_task import (
     oracle_score,
     sample_demo_responses,
 )
-from training.rlhf.rm_eval import evaluation_report, oracle_metrics, ranking_metrics, unique_sequences
+from training.rlhf.rm_eval import (
+    accuracy_by,
+    evaluate_rankings_file,
+    evaluation_report,
+    oracle_metrics,
+    ranking_metrics,
+    unique_sequences,
+)
 
 
 def record(prompt, responses, ranking, annotator="a", task=None):
@@ -81,3 +88,49 @@ def test_unique_sequences_scores_each_response_once():
     pairs, layout = unique_sequences(records)
     assert pairs == [("p", "a"), ("p", "b"), ("q", "a"), ("q", "c")]
     assert layout == [[0, 1], [1, 0], [2, 3]]
+
+
+def test_accuracy_by_groups_on_fields_and_metadata():
+    records = [
+        record("p1", ["a", "b"], [[0], [1]], annotator="x"),
+        record("p2", ["c", "d", "e"], [[0], [1], [2]], annotator="y"),
+        record("p3", ["f", "g"], [[0, 1]], annotator="y"),  # all tied: no pair, left out
+    ]
+    records[1] = RankingRecord(prompt="p2", responses=("c", "d", "e"), ranking=((0,), (1,), (2,)), annotator="y",
+                               metadata={"round": 2})
+    rewards = [[1.0, 0.0], [0.0, 1.0, -1.0], [0.0, 0.0]]  # p1: 1/1; p2: (c>d ✗, c>e ✓, d>e ✓) 2/3
+    assert accuracy_by(records, rewards, name="annotator") == {
+        "x": {"accuracy": 1.0, "pairs": 1, "rankings": 1}, "y": {"accuracy": 2 / 3, "pairs": 3, "rankings": 1}}
+    assert set(accuracy_by(records, rewards, name="round")) == {"(none)", "2"}
+    assert accuracy_by(records, rewards, name="k")["3"]["pairs"] == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_evaluate_rankings_file_is_the_report_of_the_models_scores(random_lm_dir, tmp_path, make_rankings,
+                                                                  write_jsonl_rows, seed):
+    """A saved reward model and an exported rankings file → the same report as scoring the records by hand,
+    with the breakdowns asked for."""
+    import torch
+
+    from training.rlhf.data import load_ranking_records
+    from training.rlhf.reward_model import RewardModel
+
+    torch.manual_seed(seed)
+    model_dir = RewardModel.from_backbone(str(random_lm_dir)).save_pretrained(tmp_path / "rm")
+    rows = make_rankings(6, k=4, seed=seed, annotators=2)
+    for i, row in enumerate(rows):
+        row["metadata"] = {**(row.get("metadata") or {}), "round": 1 + i % 2}
+    path = write_jsonl_rows(rows, tmp_path / "new.jsonl")
+
+    report = evaluate_rankings_file(reward_model=model_dir, dataset=path, by=("round", "source"))
+
+    records = load_ranking_records(path)
+    model = RewardModel.from_pretrained(model_dir)
+    expected = ranking_metrics(records, [model.score_texts([r.prompt] * r.k, list(r.responses), calibrated=False)
+                                         for r in records])
+    assert report["pairs"] == expected["pairs"] > 0 and report["rankings"] == len(records)
+    assert report["accuracy"] == pytest.approx(expected["accuracy"])
+    assert report["per_annotator"].keys() == expected["per_annotator"].keys() and len(report["per_annotator"]) == 2
+    assert set(report["per_round"]) == {"1", "2"}
+    assert sum(v["pairs"] for v in report["per_round"].values()) == report["pairs"]
+    assert report["dataset"] == str(path) and report["split"] == "train"

@@ -7,13 +7,13 @@ import random
 import pytest
 import torch
 
+from training.rlhf.data import ordered_pairs, tier_issues, tiers_to_ranks
 from training.rlhf.rm_loss import (
     kwise_ranking_loss,
     num_pairs,
     pairwise_loss,
     pairwise_stats,
     preference_mask,
-    tiers_to_ranks,
 )
 
 
@@ -170,3 +170,45 @@ def test_pairwise_stats():
 def test_tiers_to_ranks_rejects_bad_rankings(ranking, message):
     with pytest.raises(ValueError, match=message):
         tiers_to_ranks(ranking, 3)
+
+
+def random_tiers(rng: random.Random, k: int) -> list[list[int]]:
+    """A random ranking of k responses with random ties."""
+    order = list(range(k))
+    rng.shuffle(order)
+    tiers: list[list[int]] = []
+    for index in order:
+        if tiers and rng.random() < 0.3:
+            tiers[-1].append(index)
+        else:
+            tiers.append([index])
+    return tiers
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_preference_mask_is_the_record_contracts_ordered_pairs(seed):
+    """The vectorised mask == the loop over data.ordered_pairs, with ties and padded rankings of mixed K."""
+    rng = random.Random(seed)
+    rankings = [random_tiers(rng, rng.randint(2, 9)) for _ in range(20)]
+    width = max(sum(len(t) for t in r) for r in rankings)
+    ranks = torch.zeros(len(rankings), width, dtype=torch.long)
+    mask = torch.zeros(len(rankings), width, dtype=torch.bool)
+    expected = torch.zeros(len(rankings), width, width, dtype=torch.bool)
+    for n, tiers in enumerate(rankings):
+        k = sum(len(t) for t in tiers)
+        ranks[n, :k] = torch.tensor(tiers_to_ranks(tiers, k))
+        ranks[n, k:] = rng.randint(0, 3)  # whatever sits under the padding must not matter
+        mask[n, :k] = True
+        for winner, loser, _ in ordered_pairs(tiers):
+            expected[n, winner, loser] = True
+    assert torch.equal(preference_mask(ranks, mask), expected)
+
+
+def test_tier_issues_lists_every_problem_in_reading_order():
+    assert tier_issues([[2], [0, 3], [1]], range(4)) == []
+    issues = tier_issues([[0, 0], [5, True, 1.0]], range(3))
+    assert [(i.kind, i.item, i.tier) for i in issues] == [
+        ("repeated", 0, 0), ("unknown", 5, 1), ("unknown", True, 1), ("unknown", 1.0, 1),
+        ("missing", 1, None), ("missing", 2, None),
+    ]
+    assert [i.kind for i in tier_issues([[{"a": 1}], [17]], [17])] == ["unknown"]  # unhashable: unknown

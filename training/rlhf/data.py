@@ -10,6 +10,11 @@ A K-wise record needs `prompt`, `responses` (≥ 2 strings) and `ranking` (tiers
 index exactly once); `prompt_id`, `annotator`, `source`, `ratings`, `flags`, `all_bad` and `metadata` are
 optional. Pairwise rows (`prompt`, `chosen`, `rejected`, TRL's column names) are read as K = 2 rankings.
 Every error names the file, the line (JSONL) or row (Parquet/datasets) and the field.
+
+This module is the one record contract of the workbench: the annotate app delegates to it for the tier
+rules (`tier_issues`, `tiers_to_ranks`), the ordered pairs (`ordered_pairs`) and the file readers
+(`jsonl_rows`, `open_parquet`/`parquet_rows`, `load_datasets_dir`); annotate keeps only its own messages,
+limits and database writes.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
-from typing import Any
-
-from training.rlhf.rm_loss import tiers_to_ranks
+from typing import Any, BinaryIO
 
 SPLITS = ("train", "test")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -31,6 +35,86 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 class DatasetError(ValueError):
     """A dataset file is missing or malformed; the message names the file, line/row and field."""
+
+
+# --- the record rules: tiers and ordered pairs ------------------------------------------------------------
+#
+# A ranking is a list of tiers, best first; a tier lists items (response indices in files, response ids in
+# the database) and a tier of several items is a tie: [[2], [0, 3], [1]] says 2 > 0 = 3 > 1. A ranking of K
+# responses must place every one of them exactly once.
+
+
+@dataclass(frozen=True)
+class TierIssue:
+    """One way a ranking fails to partition its items: `kind` is "unknown" (an entry that is not one of the
+    items), "repeated" (an item placed a second time) or "missing" (an item no tier places; `tier` is None)."""
+
+    kind: str
+    item: Any
+    tier: int | None = None  # tier position, 0 = best
+
+
+def tier_issues(tiers: Sequence[Sequence[Any]], items: Sequence[Hashable]) -> list[TierIssue]:
+    """Everything that keeps `tiers` from being a partition of `items` (each item exactly once, no other
+    entry): unknown and repeated entries in reading order, then the missing items in the order of `items`.
+    [] means the ranking is valid. Booleans and floats never match integer items; unhashable entries are
+    unknown.
+
+    tier_issues([[2], [0, 3], [1]], range(4)) == []
+    tier_issues([[0, 0], [5]], range(3)) == [repeated 0 (tier 0), unknown 5 (tier 1), missing 1, missing 2]
+    """
+    wanted = {(type(item), item): item for item in items}  # keyed by type too: True == 1 but is no index
+    placed: set = set()
+    issues: list[TierIssue] = []
+    for position, tier in enumerate(tiers):
+        for entry in tier:
+            key = (type(entry), entry)
+            try:
+                known = key in wanted
+            except TypeError:  # unhashable (a dict or list inside a tier)
+                known = False
+            if not known:
+                issues.append(TierIssue("unknown", entry, position))
+            elif key in placed:
+                issues.append(TierIssue("repeated", entry, position))
+            else:
+                placed.add(key)
+    issues.extend(TierIssue("missing", item) for key, item in wanted.items() if key not in placed)
+    return issues
+
+
+def tiers_to_ranks(ranking: Sequence[Sequence[int]], k: int) -> list[int]:
+    """Tier position of each response (0 = best tier) from tiers of indices, e.g. [[2], [0, 3], [1]], 4 →
+    [1, 2, 0, 1]. Every index in [0, k) must appear exactly once (ValueError naming the first problem)."""
+    issues = tier_issues(ranking, range(k))
+    if issues:
+        first = issues[0]
+        if first.kind == "unknown":
+            raise ValueError(f"response index {first.item} out of range for {k} responses")
+        if first.kind == "repeated":
+            raise ValueError(f"response index {first.item} appears twice in the ranking")
+        raise ValueError(f"response indices {[i.item for i in issues if i.kind == 'missing']} are missing from "
+                         "the ranking")
+    ranks = [0] * k
+    for position, tier in enumerate(ranking):
+        for index in tier:
+            ranks[index] = position
+    return ranks
+
+
+def ordered_pairs(tiers: Sequence[Sequence[Hashable]]) -> list[tuple[Any, Any, int]]:
+    """Every strict preference of a ranking as (winner, loser, tier distance), best pairs first.
+
+    Tied pairs are left out. A full ranking of K items without ties has C(K, 2) = K(K−1)/2 pairs
+    (K = 4 → 6, K = 9 → 36); a tie between two items removes exactly one pair. The reward model's loss uses
+    the same pairs in vectorised form (rm_loss.preference_mask; tests/rlhf/test_rm_loss checks they agree).
+    """
+    pairs = []
+    for hi, lo in combinations(range(len(tiers)), 2):
+        for winner in tiers[hi]:
+            for loser in tiers[lo]:
+                pairs.append((winner, loser, lo - hi))
+    return pairs
 
 
 @dataclass(frozen=True)
@@ -63,9 +147,8 @@ class RankingRecord:
         return self.prompt_id or "text:" + self.prompt
 
     def ordered_pairs(self) -> list[tuple[int, int]]:
-        """(winner, loser) index pairs with a strict preference; tied pairs are not included."""
-        ranks = self.ranks
-        return [(w, loser) for w in range(self.k) for loser in range(self.k) if ranks[w] < ranks[loser]]
+        """(winner, loser) index pairs with a strict preference, sorted; tied pairs are not included."""
+        return sorted((winner, loser) for winner, loser, _ in ordered_pairs(self.ranking))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -191,46 +274,141 @@ def record_from_dict(row: dict[str, Any], *, where: str) -> RankingRecord:
     )
 
 
-# --- readers ----------------------------------------------------------------------------------------------
+# --- readers: rows out of JSONL, Parquet and `datasets` directories ----------------------------------------
+#
+# The row readers below are shared: this module's record loaders raise at the first bad row, annotate's
+# importer (annotate/services/importing.py) reports every bad row with its own limits and messages.
+
+UTF8_BOM = b"\xef\xbb\xbf"
+DATASETS_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+@dataclass(frozen=True)
+class RowProblem:
+    """A JSONL line a reader could not turn into a value: `kind` "too_long" (`position` = the byte limit),
+    "encoding" (`reason` from the decoder, `position` = the first bad byte, from 1) or "json" (`reason` from
+    the decoder, `position` = the column; 0 for "nested too deeply")."""
+
+    kind: str
+    reason: str = ""
+    position: int = 0
 
 
-def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def jsonl_rows(
+    stream: BinaryIO, *, max_line_bytes: int | None = None, advance: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, Any]]:
+    """(line number, the line's JSON value or a RowProblem) for every non-blank line of a binary stream.
+
+    Line numbers count every line (blank ones too), from 1. A UTF-8 byte-order mark on line 1 is skipped.
+    A line longer than `max_line_bytes` is not held in memory: the rest of it is read and dropped in 1 MiB
+    chunks and it yields RowProblem("too_long"). `advance(n)` is told every n bytes read (a progress bar).
+    """
+    number = 0
+    while True:
+        line = stream.readline(-1 if max_line_bytes is None else max_line_bytes + 2)  # room for \r\n
+        if not line:
+            return
+        number += 1
+        if advance:
+            advance(len(line))
+        content = line.rstrip(b"\r\n")
+        if max_line_bytes is not None and len(content) > max_line_bytes:
+            if not line.endswith(b"\n"):
+                while True:
+                    chunk = stream.readline(1024 * 1024)
+                    if advance:
+                        advance(len(chunk))
+                    if not chunk or chunk.endswith(b"\n"):
+                        break
+            yield number, RowProblem("too_long", position=max_line_bytes)
+            continue
+        if number == 1 and content.startswith(UTF8_BOM):
+            content = content[len(UTF8_BOM):]
+        if not content.strip():
+            continue
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, RowProblem("encoding", exc.reason, exc.start + 1)
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield number, RowProblem("json", exc.msg, exc.colno)
+            continue
+        except RecursionError:  # nesting deeper than the interpreter's stack
+            yield number, RowProblem("json", "nested too deeply")
+            continue
+        yield number, value
+
+
+def open_parquet(source: str | Path | BinaryIO, *, name: str | Path):
+    """A pyarrow ParquetFile for a path or a binary stream; DatasetError naming `name` when it is not one."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from None
-    for number, row in enumerate(table.to_pylist()):
+        return pq.ParquetFile(source)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses for non-Parquet data
+        raise DatasetError(f"{name}: not a readable Parquet file ({exc})") from exc
+
+
+def parquet_rows(parquet, *, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+    """The rows of a ParquetFile as dicts, read in batches (a large file is never held whole)."""
+    for batch in parquet.iter_batches(batch_size=batch_size):
+        yield from batch.to_pylist()
+
+
+def is_datasets_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    return any((Path(path) / marker).exists() for marker in DATASETS_MARKERS)
+
+
+def load_datasets_dir(path: str | Path):
+    """datasets.load_from_disk(path): a Dataset or a DatasetDict; DatasetError (caused by the loader's
+    exception) when it cannot be loaded."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DatasetError(f"{path}: not a readable datasets directory ({exc})") from exc
+
+
+def dataset_splits(loaded) -> list[tuple[str | None, Any]]:
+    """(split name, Dataset) for each split of a DatasetDict, or [(None, dataset)] for a plain Dataset."""
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
+        return list(loaded.items())
+    return [(None, loaded)]
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open("rb") as handle:
+        for number, value in jsonl_rows(handle):
+            where = f"{path}:{number}"
+            if isinstance(value, RowProblem):
+                if value.kind == "encoding":
+                    raise DatasetError(f"{where}: not valid UTF-8 (byte {value.position})")
+                column = f" at column {value.position}" if value.position else ""
+                raise DatasetError(f"{where}: invalid JSON ({value.reason}{column})")
+            yield where, value
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, row in enumerate(parquet_rows(open_parquet(path, name=path))):
         yield f"{path} row {number}", row
 
 
 def _iter_datasets(path: Path, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise DatasetError(f"{path}: not a readable datasets directory ({exc})") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DatasetError(f"{path}: no split {split!r} (has {sorted(loaded)})")
-        dataset = loaded[split]
-        location = f"{path}[{split}]"
+    splits = dataset_splits(load_datasets_dir(path))
+    if splits[0][0] is not None:
+        named = dict(splits)
+        if split not in named:
+            raise DatasetError(f"{path}: no split {split!r} (has {sorted(named)})")
+        dataset, location = named[split], f"{path}[{split}]"
     else:
-        dataset, location = loaded, str(path)
+        dataset, location = splits[0][1], str(path)
     for number, row in enumerate(dataset):
         yield f"{location} row {number}", row
 
@@ -244,13 +422,9 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     raise DatasetError(f"{path}: unknown file type {suffix!r} (expected .jsonl or .parquet)")
 
 
-def _is_datasets_dir(path: Path) -> bool:
-    return (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists()
-
-
 def _split_source(directory: Path, split: str) -> tuple[str, Path] | None:
     """(kind, path) of `split` inside a kwise directory, or None when that split is absent."""
-    if _is_datasets_dir(directory):
+    if is_datasets_dir(directory):
         dict_file = directory / "dataset_dict.json"
         if dict_file.exists():
             splits = json.loads(dict_file.read_text(encoding="utf-8")).get("splits", [])
@@ -280,7 +454,7 @@ def available_splits(path: str | Path) -> list[str]:
         return ["all"]
     directory = resolve_kwise_dir(source)
     found = [split for split in SPLITS if _split_source(directory, split) is not None]
-    if not found and _is_datasets_dir(directory):
+    if not found and is_datasets_dir(directory):
         return ["all"]
     return found
 

@@ -3,7 +3,9 @@ K), mean margin, the K-wise loss, and — for demo-task records (`metadata.task 
 the demo oracle on the pairs the oracle orders.
 
 The metric functions take rewards already computed (one list per record, aligned with its responses), so
-they are plain Python and testable with hand-made numbers; `evaluate_reward_model` scores and evaluates.
+they are plain Python and testable with hand-made numbers; `evaluate_reward_model` scores and evaluates;
+`evaluate_rankings_file` does it for a reward-model directory and an exported rankings file (how a round's
+new rankings are scored against an earlier reward model: through the file contract, not the database).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from training.rlhf.data import RankingRecord
+from training.rlhf.data import RankingRecord, load_ranking_records
 from training.rlhf.rm_loss import kwise_ranking_loss
 
 if TYPE_CHECKING:
@@ -158,3 +161,58 @@ def evaluate_reward_model(
     scores = model.score_texts([p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size,
                                calibrated=calibrated)
     return evaluation_report(records, [[scores[i] for i in row] for row in layout])
+
+
+def record_group(record: RankingRecord, name: str) -> str:
+    """The value of `name` for one record, for a breakdown: "k", a record field ("annotator", "source",
+    "prompt_id") or else a metadata key (e.g. "round"); "(none)" when it is empty or absent."""
+    if name == "k":
+        return str(record.k)
+    if name in ("annotator", "source", "prompt_id"):
+        return getattr(record, name) or "(none)"
+    value = (record.metadata or {}).get(name)
+    return "(none)" if value in (None, "") else str(value)
+
+
+def accuracy_by(
+    records: Sequence[RankingRecord], rewards: Sequence[Sequence[float]], *, name: str
+) -> dict[str, dict[str, float]]:
+    """Pairwise accuracy (reward ties ½) per value of `record_group(record, name)`:
+    {value: {"accuracy", "pairs", "rankings"}}; values whose records order no pair are left out."""
+    buckets: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # pairs, correct, rankings
+    for record, values in zip(records, rewards, strict=True):
+        pairs = record.ordered_pairs()
+        if not pairs:
+            continue
+        bucket = buckets[record_group(record, name)]
+        bucket[0] += len(pairs)
+        bucket[1] += sum(_pair_outcome(values[w] - values[loser]) for w, loser in pairs)
+        bucket[2] += 1
+    return {key: {"accuracy": b[1] / b[0], "pairs": int(b[0]), "rankings": int(b[2])}
+            for key, b in sorted(buckets.items())}
+
+
+def evaluate_rankings_file(
+    *, reward_model: str | Path, dataset: str | Path, split: str = "train", by: Sequence[str] = (),
+    batch_size: int = 32, calibrated: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a saved reward model (a directory RewardModel.from_pretrained loads) on an exported rankings
+    file: a snapshot directory, its kwise/ directory or a single JSONL/Parquet file (data.load_ranking_records).
+
+    Returns `evaluation_report` (accuracy, pairs, mean_margin, loss, per_annotator, per_k, oracle on demo
+    records) plus "per_<name>" (`accuracy_by`) for every name in `by`, e.g. by=("source", "round"), and
+    "dataset", "split". A file without records gives rankings 0 and accuracy NaN.
+    """
+    from training.rlhf.reward_model import RewardModel
+
+    records = load_ranking_records(dataset, split=split)
+    model = RewardModel.from_pretrained(str(reward_model))
+    model.eval()
+    pairs, layout = unique_sequences(records)
+    scores = model.score_texts([p for p, _ in pairs], [r for _, r in pairs], batch_size=batch_size,
+                               calibrated=calibrated) if pairs else []
+    rewards = [[scores[i] for i in row] for row in layout]
+    report = evaluation_report(records, rewards)
+    for name in by:
+        report[f"per_{name}"] = accuracy_by(records, rewards, name=name)
+    return {"dataset": str(dataset), "split": split, **report}

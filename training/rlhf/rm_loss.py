@@ -16,8 +16,6 @@ Shapes: N rankings (prompts) in a batch, K = the largest number of responses amo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 
@@ -25,23 +23,6 @@ import torch.nn.functional as F
 def num_pairs(k: int) -> int:
     """C(K,2): the comparisons one ranking of K responses yields (K=4 → 6, K=9 → 36)."""
     return k * (k - 1) // 2
-
-
-def tiers_to_ranks(ranking: Sequence[Sequence[int]], k: int) -> list[int]:
-    """Tier position of each response (0 = best tier) from tiers of indices, e.g. [[2], [0, 3], [1]], 4 →
-    [1, 2, 0, 1]. Every index in [0, k) must appear exactly once."""
-    ranks = [-1] * k
-    for tier_position, tier in enumerate(ranking):
-        for index in tier:
-            if not 0 <= index < k:
-                raise ValueError(f"response index {index} out of range for {k} responses")
-            if ranks[index] != -1:
-                raise ValueError(f"response index {index} appears twice in the ranking")
-            ranks[index] = tier_position
-    missing = [i for i, r in enumerate(ranks) if r == -1]
-    if missing:
-        raise ValueError(f"response indices {missing} are missing from the ranking")
-    return ranks
 
 
 def preference_mask(ranks: torch.Tensor, response_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,6 +34,11 @@ def preference_mask(ranks: torch.Tensor, response_mask: torch.Tensor | None = No
 
     Each untied unordered pair appears exactly once (oriented winner → loser); tied pairs and the diagonal are
     False. With no ties and no padding, row n has C(K,2) True entries.
+
+    The loop this replaces (the record contract's pairs, training/rlhf/data.py), for ranking n with tiers t:
+
+        for w, l, _ in data.ordered_pairs(t):
+            better[n, w, l] = True
     """
     better = ranks[:, :, None] < ranks[:, None, :]
     if response_mask is not None:
