@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint screenshots clean
+.PHONY: demo test install lint screenshots clean serve bench-load
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,19 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The app for a team, with production settings (DJANGO_DEBUG=0; DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS must be
+# set, DATABASE_URL for PostgreSQL): static files collected, migrations applied, gunicorn with
+# 2 x cores + 1 workers x 4 threads on WORKBENCH_BIND (127.0.0.1:8000); put a TLS proxy in front (README).
+serve: $(STAMP)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(PY) manage.py collectstatic --noinput -v 0
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(PY) manage.py migrate --noinput
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} $(PY) manage.py check --deploy
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} exec $(VENV)/bin/gunicorn -c webapp/gunicorn.conf.py webapp.wsgi
+
+# The annotation load benchmark (bench/bench_annotation_load.py --help); BENCH_ARGS="--db postgres --annotators 50".
+bench-load: $(STAMP)
+	$(PY) bench/bench_annotation_load.py $(BENCH_ARGS)
 
 # The README's screenshots, from a real Chromium run over a demo database of its own (var/screenshots).
 screenshots: $(STAMP)

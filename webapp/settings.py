@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "annotate",
     "training",
+    "webapp",  # its system checks (webapp/checks.py)
 ]
 
 MIDDLEWARE = [

@@ -17,6 +17,9 @@ def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_check_deploy_is_clean_with_production_settings(tmp_path):
+    # collectstatic has run (webapp.E001 otherwise: tests/webapp/test_production_server.py)
+    (tmp_path / "staticfiles").mkdir()
+    (tmp_path / "staticfiles" / "staticfiles.json").write_text("{}")
     result = _manage(
         "check", "--deploy", "--fail-level", "DEBUG",
         env={
