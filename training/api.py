@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from annotate.models import Project
 from training import forms as launch_forms
-from training import jobs, selectors
+from training import jobs, launching, selectors
 from training.models import Job, TrainingRun
 
 STAFF = [IsAdminUser]
@@ -145,6 +145,12 @@ def _form_errors(form) -> Response:
     return Response(errors, status=status.HTTP_400_BAD_REQUEST)
 
 
+def _launch_failed(form, exc: launching.LaunchError) -> Response:
+    """The pipeline's refusal, as a form error on the field of the option it names."""
+    form.launch_failed(exc)
+    return _form_errors(form)
+
+
 def _launched(run: TrainingRun) -> Response:
     return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
 
@@ -161,13 +167,14 @@ def launch_rm(request: Request) -> Response:
     form = launch_forms.RMLaunchForm(data=launch_forms.api_form_data(launch_forms.RMLaunchForm(), request.data))
     if not form.is_valid():
         return _form_errors(form)
+    data = form.cleaned_data
     try:
-        run = jobs.launch_rm_run(
-            config=form.config, snapshot=form.cleaned_data.get("snapshot"), project=form.cleaned_data.get("project"),
-            export_options=form.export_options(), name=form.cleaned_data.get("name", ""), created_by=request.user,
+        run = launching.launch_run(
+            kind="rm", options=form.options, snapshot=data.get("snapshot"), export_project=data.get("project"),
+            export_options=form.export_options(), name=data.get("name", ""), created_by=request.user,
         )
-    except jobs.LaunchError as exc:
-        return Response({"non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    except launching.LaunchError as exc:
+        return _launch_failed(form, exc)
     return _launched(run)
 
 
@@ -183,14 +190,14 @@ def launch_ppo(request: Request) -> Response:
     form = launch_forms.PPOLaunchForm(data=launch_forms.api_form_data(launch_forms.PPOLaunchForm(), request.data))
     if not form.is_valid():
         return _form_errors(form)
+    data = form.cleaned_data
     try:
-        run = jobs.launch_ppo_run(
-            config=form.config, reward_model_run=form.cleaned_data["reward_model_run"],
-            project=form.cleaned_data.get("prompt_project"), name=form.cleaned_data.get("name", ""),
-            created_by=request.user,
+        run = launching.launch_run(
+            kind="ppo", options=form.options, reward_model_run=data["reward_model_run"],
+            prompt_project=data.get("prompt_project"), name=data.get("name", ""), created_by=request.user,
         )
-    except jobs.LaunchError as exc:
-        return Response({"non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    except launching.LaunchError as exc:
+        return _launch_failed(form, exc)
     return _launched(run)
 
 
@@ -201,22 +208,29 @@ def cancel_run(request: Request, run_id: int) -> Response:
     """Graceful stop: the trainer checkpoints and ends as cancelled (a queued run is cancelled at once)."""
     run = get_object_or_404(TrainingRun, pk=run_id)
     try:
-        jobs.cancel_run(run=run)
-    except jobs.LaunchError as exc:
+        launching.cancel_run(run=run)
+    except launching.RunConflict as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     return Response(RunDetailSerializer(run).data)
 
 
-@extend_schema(request=None, responses={201: RunDetailSerializer})
+@extend_schema(request=None, responses={200: RunDetailSerializer, 201: RunDetailSerializer})
 @api_view(["POST"])
 @permission_classes(STAFF)
 def resume_run(request: Request, run_id: int) -> Response:
-    """A new run continuing this one from its last checkpoint (a retry from scratch when it has none)."""
+    """A new run continuing this one from its last checkpoint (a retry from scratch when it has none). While a
+    resumption is queued or running, that one is answered (200): a repeated request launches one run. A run
+    that is active or succeeded cannot be resumed (409, with the reason)."""
     run = get_object_or_404(TrainingRun, pk=run_id)
+    already = run.resumes.filter(status__in=TrainingRun.ACTIVE_STATUSES).exists()
     try:
-        new_run = jobs.resume_run(run=run, created_by=request.user)
-    except jobs.LaunchError as exc:
+        new_run = launching.resume_run(run=run, created_by=request.user)
+    except launching.RunConflict as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    except launching.LaunchError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+    if already:
+        return Response(RunDetailSerializer(new_run).data)
     return _launched(new_run)
 
 

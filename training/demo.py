@@ -31,7 +31,6 @@ from django.utils import timezone
 
 from annotate.models import DatasetSnapshot, Project, Prompt, Ranking, Response
 from training import roots
-from training.forms import PLACEHOLDER_OUTPUT  # paths the launch functions fill in (as for the forms)
 from training.models import Job, TrainingRun
 
 Out = Callable[[str], None]
@@ -230,14 +229,14 @@ class DemoServices:
         self.web = self._start(["runserver", addr, "--noreload", "--skip-checks"], "web.log")
         time.sleep(2)
         if self.web.poll() is not None:
-            from training.tasks import tail_text
+            from training.logs import tail_text
 
             raise DemoError(f"The web server could not start on {addr}:\n{tail_text(self.web_log, max_bytes=2000)}"
                             f"\nPass another address with --addr HOST:PORT.")
 
     def check_worker(self) -> None:
         if self.worker is not None and self.worker.poll() is not None:
-            from training.tasks import tail_text
+            from training.logs import tail_text
 
             raise DemoError(f"The job worker stopped (exit {self.worker.returncode}); its log {self.worker_log}:\n"
                             + tail_text(self.worker_log, max_bytes=3000))
@@ -252,7 +251,7 @@ class DemoServices:
 
         Signals are left alone here on purpose: a terminal's Ctrl+C already reached the worker and the trainer,
         and a second signal would make the trainer abort without its checkpoint."""
-        from training.jobs import cancel_run
+        from training.launching import cancel_run
 
         active = list(TrainingRun.objects.filter(pk__in=self.run_ids, status__in=TrainingRun.ACTIVE_STATUSES))
         if not active:
@@ -376,7 +375,7 @@ def current_rankings_hash(*, project: Project, plan: DemoPlan, seed: int) -> str
 def _reuse_or_resume(*, runs, what: str, staff, services: DemoServices, desc: str, out: Out) -> TrainingRun | None:
     """Of the earlier runs for this stage: a succeeded one is reused; else the newest one that was cut off with
     a checkpoint (Ctrl+C, a crash) is resumed from it and waited for; else None (launch a new run)."""
-    from training.jobs import can_resume, resume_run
+    from training.launching import can_resume, resume_run
 
     done = runs.filter(status=TrainingRun.Status.SUCCEEDED).order_by("-pk").first()
     if done is not None:
@@ -394,8 +393,7 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
                        services: DemoServices, out: Out) -> TrainingRun:
     """Export round 1 as a snapshot and train the reward model on it (reusing a run on identical data)."""
     from annotate.services.exporting import export_snapshot, snapshot_dir_for
-    from training.jobs import launch_rm_run
-    from training.rlhf.rm_config import RewardModelConfig
+    from training.launching import launch_run
 
     digest = current_rankings_hash(project=project, plan=plan, seed=seed)
     earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, project=project, snapshot__content_hash=digest)
@@ -412,9 +410,8 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
     kwise, pairs = snapshot.counts.get("kwise", {}), snapshot.counts.get("pairwise", {})
     out(f"   snapshot {snapshot.content_hash[:12]} at {snapshot.path}: {kwise.get('train', '?')} train / "
         f"{kwise.get('test', '?')} held-out rankings ({pairs.get('train', '?')} / {pairs.get('test', '?')} pairs)")
-    config = RewardModelConfig(model=str(model_dir), dataset=snapshot.path, output_dir=PLACEHOLDER_OUTPUT,
-                               seed=seed, **plan.rm)
-    run = launch_rm_run(config=config, snapshot=snapshot, name="demo reward model", created_by=staff)
+    run = launch_run(kind="rm", options={"model": str(model_dir), "seed": seed, **plan.rm}, snapshot=snapshot,
+                     name="demo reward model", created_by=staff)
     out(f"   queued {run}; the worker trains it: /dashboard/runs/{run.pk}/")
     return wait_for_run(run=run, services=services, desc="reward model")
 
@@ -422,23 +419,17 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
 def ppo_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, rm_run: TrainingRun, staff,
               services: DemoServices, out: Out) -> TrainingRun:
     """PPO from the tiny policy, scored by the demo reward model, on the project's prompts."""
-    from training.jobs import launch_ppo_run
-    from training.rlhf.ppo_config import PPOConfig
-    from training.selectors import run_model_dir
+    from training.launching import launch_run
 
     earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO, reward_model_run=rm_run)
     again = _reuse_or_resume(runs=earlier, what="it was trained with this reward model", staff=staff,
                              services=services, desc="PPO", out=out)
     if again is not None:
         return again
-    rm_dir = run_model_dir(rm_run)
-    if rm_dir is None:
-        raise DemoError(f"{rm_run} left no reward model in {rm_run.output_dir}")
-    config = PPOConfig(policy=str(model_dir), reward_model=str(rm_dir), prompts=PLACEHOLDER_OUTPUT,
-                       output_dir=PLACEHOLDER_OUTPUT, task="demo", seed=seed, **plan.ppo)
-    run = launch_ppo_run(config=config, reward_model_run=rm_run, project=project, name="demo PPO", created_by=staff)
-    out(f"   queued {run}: {config.num_iterations} iterations of {config.rollout_batch_size} rollouts; "
-        f"live at /dashboard/runs/{run.pk}/")
+    run = launch_run(kind="ppo", options={"policy": str(model_dir), "task": "demo", "seed": seed, **plan.ppo},
+                     reward_model_run=rm_run, prompt_project=project, name="demo PPO", created_by=staff)
+    out(f"   queued {run} ({run.config['rollout_batch_size']} rollouts per iteration); live at "
+        f"/dashboard/runs/{run.pk}/")
     return wait_for_run(run=run, services=services, desc="PPO")
 
 
@@ -446,14 +437,13 @@ def new_round_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: P
                     staff, services: DemoServices, out: Out) -> dict[str, Any]:
     """Round 2: the PPO policy's responses (mixed blind with the starting policy's) for humans to rank."""
     from training.jobs import launch_new_round
-    from training.selectors import run_model_dir
 
     existing = Prompt.objects.filter(project=project, round__gte=2, responses__training_run=ppo_run).distinct()
     if existing.exists():
         rounds = sorted(set(existing.values_list("round", flat=True)))
         out(f"   reusing round {rounds[-1]}: sampled from {ppo_run} already")
         return {"round": rounds[-1], "prompts": existing.filter(round=rounds[-1]).count(), "reused": True}
-    policy = run_model_dir(ppo_run)
+    policy = ppo_run.output("policy")
     if policy is None:
         raise DemoError(f"{ppo_run} left no policy in {ppo_run.output_dir}")
     job = launch_new_round(

@@ -2,17 +2,17 @@
 
 Every option of `RewardModelConfig` / `PPOConfig` becomes a form field with the dataclass default as its
 initial value, the field's help text, its type (bool → checkbox, int/float → number, choices → select,
-lists → comma-separated text) and `None` for an empty optional value. Validation is the dataclass's own:
-the form builds the config, and a `ConfigError` lands on the field it names.
+lists → comma-separated text) and `None` for an empty optional value. Validation is the dataclass's own.
 
 Paths never come from free text: models are chosen among directories discovered under
 WORKBENCH_MODEL_ROOTS (or finished runs' outputs under WORKBENCH_RUNS_ROOT), data among files under
-WORKBENCH_DATA_ROOT, snapshots and runs from the database, and the output directory is generated.
+WORKBENCH_DATA_ROOT, snapshots and runs from the database. The form checks what it can see (types, paths,
+choices) and hands its `options` to the run pipeline (training/launching.py), which decides the output
+directory and the inputs and builds the config once; a `LaunchError` naming an option lands on its field.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,11 @@ from django import forms
 
 from annotate.models import DatasetSnapshot, Project
 from training import roots, selectors
+from training.launching import LaunchError
 from training.models import TrainingRun
-from training.rlhf.configs import ConfigError, describe_fields
+from training.rlhf.configs import describe_fields
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.rm_config import CALIBRATION_SETS, RewardModelConfig
-
-# Fields of a config that the launch form fills itself (paths, links) rather than generating an input.
-PLACEHOLDER_OUTPUT = "__generated__"
-
 
 # --- Field generation --------------------------------------------------------------------------------------
 
@@ -101,10 +98,12 @@ def config_form_field(desc: dict[str, Any], *, config_cls: type) -> forms.Field:
 
 class ConfigForm(forms.Form):
     """Base of the launch forms: subclasses set `config_class`, the config fields the form fills itself
-    (`managed_fields`), and the fields shown outside the "Advanced" group (`primary_fields`)."""
+    (`managed_fields`), the form field that stands for each of those (`option_fields`, where an error on that
+    option is shown), and the fields shown outside the "Advanced" group (`primary_fields`)."""
 
     config_class: type = object
     managed_fields: tuple[str, ...] = ()
+    option_fields: dict[str, str] = {}
     primary_fields: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -115,7 +114,7 @@ class ConfigForm(forms.Form):
                 continue
             self.fields[desc["name"]] = config_form_field(desc, config_cls=self.config_class)
             self.config_names.append(desc["name"])
-        self.config: Any = None
+        self.options: dict[str, Any] = {}
 
     # Field groups for the template: what to train (minus the export options), the export options, the
     # primary config options, and the rest ("Advanced").
@@ -132,10 +131,11 @@ class ConfigForm(forms.Form):
         return [self[name] for name in self.config_names if name not in self.primary_fields]
 
     def managed_values(self) -> dict[str, Any]:
-        """Values of the managed config fields (paths chosen from the roots, generated output…)."""
+        """Values of the managed config options the form knows (paths chosen from the roots)."""
         return {}
 
     def config_values(self) -> dict[str, Any]:
+        defaults = {d["name"]: d["default"] for d in describe_fields(self.config_class)}
         values = {}
         for name in self.config_names:
             if name not in self.cleaned_data:
@@ -143,40 +143,30 @@ class ConfigForm(forms.Form):
             value = self.cleaned_data[name]
             desc_field = self.fields[name]
             if value == "" and not desc_field.required and isinstance(desc_field, forms.CharField):
-                default = next(d["default"] for d in describe_fields(self.config_class) if d["name"] == name)
-                value = default
+                value = defaults[name]
             values[name] = value
         return values
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
-        if self.errors:
-            return cleaned
-        values = {**self.config_values(), **self.managed_values()}
-        if self.errors:
-            return cleaned
-        try:
-            self.config = self.config_class(**values)
-        except ConfigError as exc:
-            message = str(exc).split(": ", 1)[-1]
-            target = exc.field if exc.field in self.fields else None
-            self.add_error(target, message if target else str(exc))
-        except (TypeError, ValueError) as exc:
-            self.add_error(None, str(exc))
+        if not self.errors:
+            self.options = {**self.config_values(), **self.managed_values()}
         return cleaned
+
+    def launch_failed(self, exc: LaunchError) -> None:
+        """Show the pipeline's refusal on the field of the option it names (else above the form)."""
+        target = self.option_fields.get(exc.field or "", exc.field)
+        self.add_error(target if target in self.fields else None, str(exc))
 
 
 # --- Choices from the roots and the database ---------------------------------------------------------------
 
 
 def model_choices(*, include_runs: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """Model directories under the model roots, plus outputs of succeeded runs of the given kinds."""
+    """Model directories under the model roots, plus the models that succeeded runs of the given kinds wrote."""
     choices = [(str(found.path), found.label) for found in roots.discover_models()]
-    if include_runs:
-        for run in TrainingRun.objects.filter(kind__in=include_runs, status=TrainingRun.Status.SUCCEEDED):
-            model_dir = selectors.run_model_dir(run)
-            if model_dir is not None:
-                choices.append((str(model_dir), f"{run} · {Path(model_dir).name}"))
+    for run, directory in selectors.model_outputs(kinds=include_runs):
+        choices.append((str(directory), f"{run} · {directory.name}"))
     return choices
 
 
@@ -211,13 +201,6 @@ def project_queryset():
     return Project.objects.order_by("name")
 
 
-def dataclass_defaults(config_cls: type) -> dict[str, Any]:
-    return {
-        f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
-        for f in dataclasses.fields(config_cls)
-    }
-
-
 # --- The launch forms --------------------------------------------------------------------------------------
 
 
@@ -230,6 +213,7 @@ class RMLaunchForm(ConfigForm):
 
     config_class = RewardModelConfig
     managed_fields = ("model", "dataset", "output_dir", "resume", "tokenizer", "calibration_set")
+    option_fields = {"model": "base_model", "dataset": "snapshot", "calibration_set": "calibration"}
     primary_fields = (
         "epochs", "max_steps", "learning_rate", "batch_size", "max_length", "lora", "checkpoint_every", "seed",
     )
@@ -291,15 +275,10 @@ class RMLaunchForm(ConfigForm):
 
     def managed_values(self) -> dict[str, Any]:
         data = self.cleaned_data
-        snapshot, project = data.get("snapshot"), data.get("project")
-        if bool(snapshot) == bool(project):
+        if bool(data.get("snapshot")) == bool(data.get("project")):
             self.add_error("snapshot", "Choose a snapshot, or a project to export now (not both).")
-        # The dataset of "export now" does not exist yet; validate with a placeholder, filled in at launch.
-        dataset = snapshot.path if snapshot else PLACEHOLDER_OUTPUT
-        return {
-            "model": data.get("base_model") or "", "dataset": dataset, "output_dir": PLACEHOLDER_OUTPUT,
-            "calibration_set": data.get("calibration") or "heldout",
-        }
+        # The dataset is the snapshot's (or the one exported at launch): the pipeline fills it in.
+        return {"model": data.get("base_model") or "", "calibration_set": data.get("calibration") or "heldout"}
 
 
 def _data_file_choices(*, blank: str) -> list[tuple[str, str]]:
@@ -311,6 +290,8 @@ class PPOLaunchForm(ConfigForm):
 
     config_class = PPOConfig
     managed_fields = ("policy", "reward_model", "prompts", "output_dir", "eval_prompts", "ptx_dataset", "resume")
+    option_fields = {"policy": "policy_model", "reward_model": "reward_model_run", "prompts": "prompt_project",
+                     "eval_prompts": "eval_prompt_file", "ptx_dataset": "ptx_file"}
     primary_fields = (
         "iterations", "total_episodes", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
         "response_length", "init_kl_coef", "kl_target", "lr", "lora", "checkpoint_every", "sample_every", "seed",
@@ -362,22 +343,14 @@ class PPOLaunchForm(ConfigForm):
 
     def managed_values(self) -> dict[str, Any]:
         data = self.cleaned_data
-        project, prompt_file = data.get("prompt_project"), data.get("prompt_file")
-        if bool(project) == bool(prompt_file):
+        if bool(data.get("prompt_project")) == bool(data.get("prompt_file")):
             self.add_error("prompt_project", "Choose a project or a prompt file (not both).")
-        rm_run = data.get("reward_model_run")
-        rm_dir = selectors.run_model_dir(rm_run) if rm_run else None
-        if rm_run and rm_dir is None:
-            self.add_error("reward_model_run", f"{rm_run} left no reward model in {rm_run.output_dir}.")
-        return {
-            "policy": data.get("policy_model") or "",
-            "reward_model": str(rm_dir) if rm_dir else "",
-            # A project's prompt file is written at launch; validate with a placeholder until then.
-            "prompts": prompt_file or PLACEHOLDER_OUTPUT,
-            "eval_prompts": data.get("eval_prompt_file") or "",
-            "ptx_dataset": data.get("ptx_file") or "",
-            "output_dir": PLACEHOLDER_OUTPUT,
-        }
+        # The reward model is the one the chosen run reported; a project's prompts are exported at launch.
+        values = {"policy": data.get("policy_model") or "", "eval_prompts": data.get("eval_prompt_file") or "",
+                  "ptx_dataset": data.get("ptx_file") or ""}
+        if data.get("prompt_file"):
+            values["prompts"] = data["prompt_file"]
+        return values
 
 
 class NewRoundForm(forms.Form):
@@ -416,7 +389,7 @@ class NewRoundForm(forms.Form):
         self.fields["model"].choices = [("", "— choose a policy —"), *choices]
         self.fields["baseline_model"].choices = [("", "— none —"), *choices]
         if run is not None:
-            policy = selectors.run_model_dir(run)
+            policy = run.output("policy")
             if policy is not None:
                 self.fields["model"].initial = str(policy)
             start = (run.config or {}).get("policy")

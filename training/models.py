@@ -1,4 +1,6 @@
-"""Training runs and what they report: metrics, sample tables, checkpoints."""
+"""Training runs and what they report: metrics, sample tables, checkpoints, outputs."""
+
+from pathlib import Path
 
 from django.conf import settings
 from django.db import models
@@ -52,6 +54,10 @@ class TrainingRun(models.Model):
     error = models.TextField(blank=True, help_text="Traceback of a failed run.")
     evaluation = models.JSONField(default=dict, blank=True)
     summary = models.JSONField(default=dict, blank=True, help_text="Headline figures (last loss, accuracy…).")
+    outputs = models.JSONField(
+        default=dict, blank=True,
+        help_text="What the trainer reported it wrote, by name: reward_model, or policy, value_model, policy_adapter.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -62,6 +68,11 @@ class TrainingRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    def output(self, name: str) -> Path | None:
+        """A directory the trainer reported writing (`outputs[name]`), when it is still there."""
+        value = (self.outputs or {}).get(name)
+        return Path(value) if value and Path(value).exists() else None
 
     @property
     def duration(self):

@@ -1,7 +1,8 @@
 """Closing the loop, run inside the worker (never in a request):
 
-- `sample_new_round`: copy a round's prompts into the project's next round and sample K responses per prompt
-  from a policy (a finished PPO run's, or any model under the roots), optionally mixing in responses of a
+- `sample_new_round`: copy a round's prompts into the project's next round (`annotate.services.rounds`) and
+  sample K responses per prompt from a policy (a finished PPO run's, or any model under the roots), optionally
+  mixing in responses of a
   second "baseline" policy so annotators rank new against old blind (each prompt's responses are inserted
   together in a random order, and the display order is shuffled per annotator by the queue);
 - `rm_accuracy_on_new_rankings`: a reward model's pairwise accuracy on the rankings it did not train on
@@ -10,51 +11,17 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
-from annotate.agreement import ordered_pairs
-from annotate.models import Project, Prompt, Ranking
+from annotate.models import Project
+from annotate.services.rounds import copy_prompts_to_round, latest_round, next_round
 from training.models import TrainingRun
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "seed")
-
-
-def next_round(*, project: Project) -> int:
-    return (project.prompts.aggregate(last=Max("round"))["last"] or 0) + 1
-
-
-@transaction.atomic
-def copy_prompts_to_round(
-    *, project: Project, from_round: int, to_round: int, max_prompts: int | None = None, note: str = ""
-) -> int:
-    """Copy the prompts of `from_round` (distinct texts, in id order) into `to_round`; returns how many are
-    in `to_round` afterwards. Prompts already there are kept, so a re-run continues instead of duplicating."""
-    source = project.prompts.filter(round=from_round).order_by("pk")
-    existing = set(project.prompts.filter(round=to_round).values_list("text_hash", flat=True))
-    wanted = max_prompts if max_prompts is not None else None
-    copies = []
-    seen = set(existing)
-    for prompt in source.iterator(chunk_size=2000):
-        if wanted is not None and len(seen) >= wanted:
-            break
-        if prompt.text_hash in seen:
-            continue
-        seen.add(prompt.text_hash)
-        copies.append(
-            Prompt(
-                project=project, text=prompt.text, text_hash=prompt.text_hash, external_id=prompt.external_id,
-                metadata=prompt.metadata, round=to_round,
-                source=(note or f"copied from round {from_round}")[:500],
-            )
-        )
-    Prompt.objects.bulk_create(copies)
-    return project.prompts.filter(round=to_round).count()
 
 
 def sample_new_round(
@@ -82,7 +49,7 @@ def sample_new_round(
     if not 0 <= baseline_k < k:
         raise ValueError(f"baseline_k must be between 0 and k − 1 ({k - 1}), got {baseline_k}")
     if from_round is None:
-        from_round = project.prompts.aggregate(last=Max("round"))["last"]
+        from_round = latest_round(project=project)
         if from_round is None:
             raise ValueError(f"Project {project} has no prompts to sample a new round for.")
     round_number = target_round or next_round(project=project)
@@ -114,64 +81,43 @@ def sample_new_round(
 # --- Reward model on rankings it has not seen -------------------------------------------------------------
 
 
-def rm_model_dir(run: TrainingRun) -> Path:
-    from training.selectors import run_model_dir
-
-    found = run_model_dir(run)
-    if found is None:
-        raise FileNotFoundError(f"{run} left no reward model in {run.output_dir or '(no output directory)'}")
-    return found
-
-
-def unseen_rankings(*, project: Project, rm_run: TrainingRun):
-    """Rankings of `project` created after the data the RM was trained on was exported (after the run was
-    created when it names no snapshot)."""
-    since = rm_run.snapshot.created_at if rm_run.snapshot_id else rm_run.created_at
-    return since, Ranking.objects.filter(prompt__project=project, created_at__gt=since).select_related("prompt")
-
-
 def rm_accuracy_on_new_rankings(*, project: Project, rm_run: TrainingRun, batch_size: int = 16) -> dict[str, Any]:
-    """Pairwise accuracy of the RM on every strict preference in the unseen rankings (ties skipped): the
-    share of (winner, loser) pairs the RM scores winner > loser, equal scores counting one half. Broken
-    down by round and by ranking source."""
-    from annotate.models import Response
+    """Pairwise accuracy of the RM on every strict preference in the rankings it has not seen (created after
+    the snapshot it was trained on, or after the run when it names none): the share of (winner, loser) pairs
+    scored winner > loser, equal scores counting one half (`rlhf.rm_eval.ranking_metrics`), overall and by
+    round and by ranking source. The rankings go through the export contract: a K-wise file written by
+    `annotate.services.exporting.export_rankings_since`, read back by the core's reader."""
+    from annotate.services.exporting import export_rankings_since
+    from training.rlhf.data import load_ranking_records
     from training.rlhf.reward_model import RewardModel
+    from training.rlhf.rm_eval import ranking_metrics, unique_sequences
 
-    since, rankings = unseen_rankings(project=project, rm_run=rm_run)
-    rankings = list(rankings)
+    since = rm_run.snapshot.created_at if rm_run.snapshot_id else rm_run.created_at
     result: dict[str, Any] = {
-        "rm_run": rm_run.pk, "since": since.isoformat(), "rankings": len(rankings), "pairs": 0, "accuracy": None,
+        "rm_run": rm_run.pk, "since": since.isoformat(), "rankings": 0, "pairs": 0, "accuracy": None,
         "computed_at": timezone.now().isoformat(), "by_round": {}, "by_source": {},
     }
-    if not rankings:
+    model_dir = rm_run.output("reward_model")
+    if model_dir is None:
+        raise FileNotFoundError(f"{rm_run} left no reward model in {rm_run.output_dir or '(no output directory)'}")
+    with tempfile.TemporaryDirectory(prefix="rm-check-") as tmp:
+        exported = export_rankings_since(project=project, created_after=since, path=Path(tmp) / "rankings.jsonl")
+        records = load_ranking_records(exported.path) if exported.rankings else []
+    result["rankings"] = len(records)
+    if not records:
         return result
-    response_ids = {rid for ranking in rankings for tier in ranking.tiers for rid in tier}
-    responses = {r.pk: r for r in Response.objects.filter(pk__in=response_ids).select_related("prompt")}
-    keys = sorted(responses)
-    model = RewardModel.from_pretrained(rm_model_dir(rm_run))
-    scores_list = model.score_texts(
-        [responses[pk].prompt.text for pk in keys], [responses[pk].text for pk in keys], batch_size=batch_size
+    texts, layout = unique_sequences(records)
+    scores = RewardModel.from_pretrained(model_dir).score_texts(
+        [p for p, _ in texts], [r for _, r in texts], batch_size=batch_size
     )
-    scores = dict(zip(keys, scores_list))
-    totals: dict[str, dict[str, dict[str, float]]] = {"by_round": defaultdict(lambda: {"pairs": 0, "correct": 0.0}),
-                                                       "by_source": defaultdict(lambda: {"pairs": 0, "correct": 0.0})}
-    pairs = 0
-    correct = 0.0
-    for ranking in rankings:
-        for winner, loser, _ in ordered_pairs(ranking.tiers):
-            if winner not in scores or loser not in scores:
-                continue
-            hit = 1.0 if scores[winner] > scores[loser] else 0.5 if scores[winner] == scores[loser] else 0.0
-            pairs += 1
-            correct += hit
-            for group, key in (("by_round", str(ranking.prompt.round)), ("by_source", ranking.source)):
-                totals[group][key]["pairs"] += 1
-                totals[group][key]["correct"] += hit
-    result["pairs"] = pairs
-    result["accuracy"] = correct / pairs if pairs else None
-    for group in ("by_round", "by_source"):
-        result[group] = {
-            key: {"pairs": int(v["pairs"]), "accuracy": v["correct"] / v["pairs"] if v["pairs"] else None}
-            for key, v in sorted(totals[group].items())
-        }
+    rewards = [[scores[i] for i in row] for row in layout]
+
+    def accuracy(indices: list[int]) -> dict[str, Any]:
+        metrics = ranking_metrics([records[i] for i in indices], [rewards[i] for i in indices])
+        return {"pairs": metrics["pairs"], "accuracy": metrics["accuracy"] if metrics["pairs"] else None}
+
+    overall = accuracy(list(range(len(records))))
+    result.update(overall)
+    for group, keys in (("by_round", [str(r) for r in exported.rounds]), ("by_source", [r.source for r in records])):
+        result[group] = {key: accuracy([i for i, k in enumerate(keys) if k == key]) for key in sorted(set(keys))}
     return result

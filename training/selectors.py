@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.db.models import Max, QuerySet
+from django.db.models import Max, Q, QuerySet
 
-from training.models import Checkpoint, Job, Metric, Sample, TrainingRun
-from training.tasks import tail_text
+from training.logs import tail_text
+from training.models import Job, Metric, Sample, TrainingRun
+from training.runkinds import run_kind
 
 MAX_POINTS_PER_SERIES = 2000
 
@@ -113,10 +114,6 @@ def list_runs(*, kind: str | None = None, status: str | None = None) -> QuerySet
     return runs
 
 
-def get_run(*, run_id: int) -> TrainingRun:
-    return list_runs().get(pk=run_id)
-
-
 def metric_names(*, run: TrainingRun) -> list[str]:
     return list(Metric.objects.filter(run=run).values_list("name", flat=True).distinct().order_by("name"))
 
@@ -156,10 +153,6 @@ def run_series(
     return {name: _thin(points, max_points) for name, points in series.items()}, cursor
 
 
-def last_step(*, run: TrainingRun) -> int | None:
-    return Metric.objects.filter(run=run).aggregate(last=Max("step"))["last"]
-
-
 def run_samples(*, run: TrainingRun, step: int | None = None, limit: int = 50) -> tuple[int | None, list[Sample]]:
     """The sample table of one step (the latest when `step` is None): (step, rows)."""
     if step is None:
@@ -177,20 +170,21 @@ def log_tail(*, run: TrainingRun, max_bytes: int = 12_000) -> str:
     return tail_text(run.log_path, max_bytes=max_bytes) if run.log_path else ""
 
 
-def run_model_dir(run: TrainingRun) -> Path | None:
-    """The final model a succeeded run left in its output directory (None when there is none)."""
-    if not run.output_dir:
-        return None
-    out = Path(run.output_dir)
-    markers = ("config.json", "adapter_config.json", "reward_model.json")
-    for candidate in (out / "model", out / "final", out / "policy", out):
-        if any((candidate / marker).exists() for marker in markers):
-            return candidate
-    return None
+def find_reward_model_run(directory: str | Path) -> TrainingRun | None:
+    """The newest RM run that reported writing `directory`, if any."""
+    resolved = str(Path(directory).expanduser().resolve())
+    return (TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, outputs__reward_model=resolved)
+            .order_by("-created_at").first())
 
 
-def latest_checkpoint(*, run: TrainingRun) -> Checkpoint | None:
-    return run.checkpoints.order_by("-step", "-created_at").first()
+def model_outputs(*, kinds: tuple[str, ...]) -> list[tuple[TrainingRun, Path]]:
+    """(run, model directory) of the succeeded runs of `kinds` whose reported model is still on disk."""
+    found = []
+    for run in TrainingRun.objects.filter(kind__in=kinds, status=TrainingRun.Status.SUCCEEDED):
+        directory = run.output(run_kind(run.kind).model_output)
+        if directory is not None:
+            found.append((run, directory))
+    return found
 
 
 @dataclass
@@ -311,10 +305,6 @@ def compare_series(*, runs: list[TrainingRun], max_points: int = 1000) -> dict[s
     return dict(sorted(by_metric.items()))
 
 
-def finished_runs(*, kind: str) -> QuerySet[TrainingRun]:
-    return list_runs(kind=kind, status=TrainingRun.Status.SUCCEEDED)
-
-
 def recent_jobs(*, project=None, run: TrainingRun | None = None, limit: int = 10) -> list[Job]:
     jobs = Job.objects.select_related("project", "training_run", "created_by")
     if project is not None:
@@ -327,28 +317,13 @@ def recent_jobs(*, project=None, run: TrainingRun | None = None, limit: int = 10
 # --- Presentation helpers for the run page ------------------------------------------------------------------
 
 
-def config_class_for(kind: str) -> type:
-    """The trainer's config dataclass for a run kind."""
-    if kind == TrainingRun.Kind.RM:
-        from training.rlhf.rm_config import RewardModelConfig
-
-        return RewardModelConfig
-    from training.rlhf.ppo_config import PPOConfig
-
-    return PPOConfig
-
-
 def config_rows(run: TrainingRun) -> list[dict[str, Any]]:
     """The run's config as rows (name, value, help, whether it differs from the default)."""
     from training.rlhf.configs import describe_fields
 
     config = dict(run.config or {})
     rows = []
-    try:
-        described = describe_fields(config_class_for(run.kind))
-    except ImportError:  # pragma: no cover - a trainer module missing from an install
-        described = []
-    for desc in described:
+    for desc in describe_fields(run_kind(run.kind).config_class):
         if desc["name"] in config:
             value = config.pop(desc["name"])
             rows.append({"name": desc["name"], "value": value, "help": desc["help"],
@@ -433,3 +408,16 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
             view["comparison"].append({"name": name, "before": b, "after": a, "delta": delta})
     _collect(evaluation, "", view)
     return view
+
+
+def project_training(*, project) -> dict[str, Any]:
+    """The training side of a project's statistics page: its RM checks, the RM runs to check with, round jobs."""
+    rm_runs = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, status=TrainingRun.Status.SUCCEEDED).filter(
+        Q(project=project) | Q(snapshot__project=project)
+    )
+    jobs = Job.objects.filter(project=project).select_related("training_run")
+    return {
+        "rm_checks": list(jobs.filter(kind=Job.Kind.RM_EVAL)[:10]),
+        "rm_runs": list(rm_runs[:20]),
+        "rounds_jobs": list(jobs.filter(kind=Job.Kind.NEW_ROUND)[:10]),
+    }

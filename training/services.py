@@ -1,5 +1,6 @@
-"""Run lifecycle services: create a run, execute it with a database reporter, record success, failure
-(with its traceback) or cancellation. Used by the train_rm / train_ppo commands and the job worker.
+"""Run lifecycle services: create a run row, execute it in this process with the RunReporter, record success,
+failure (with its traceback) or cancellation, request a cancel. Used by the launch pipeline, the train_rm /
+train_ppo commands and the worker.
 """
 
 from __future__ import annotations
@@ -17,13 +18,22 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from training.models import Checkpoint, Metric, Sample, TrainingRun
+from training.models import TrainingRun
+from training.reporting import RunReporter
+from training.rlhf.configs import ConfigError, config_from_dict, config_to_dict
+from training.rlhf.reporter import NullReporter
+from training.runkinds import run_kind
+from training.selectors import find_reward_model_run
 
 logger = logging.getLogger("training.runs")
 
 
 class RunCancelled(Exception):
     """Raised inside a run's body when a graceful stop finished; the run is marked cancelled."""
+
+
+class NotExecutable(ValueError):
+    """A queued run that cannot be executed (missing, of another kind, ended, invalid config); for the user."""
 
 
 def create_run(
@@ -85,116 +95,17 @@ def request_cancel(*, run: TrainingRun) -> None:
     run.refresh_from_db()
 
 
-class DatabaseReporter:
-    """The Reporter protocol (training.rlhf.reporter) written to the database.
-
-    Heartbeats ride on every call (at most every WORKBENCH_HEARTBEAT_SECONDS); `should_stop` re-reads the
-    cancel flag at most once a second so a fast loop doesn't hammer the database.
-    """
-
-    def __init__(self, run: TrainingRun, *, echo: Callable[[str], None] | None = None) -> None:
-        self.run = run
-        self.echo = echo
-        self._last_heartbeat = 0.0
-        self._last_stop_check = 0.0
-        self._stop = False
-
-    def _now(self) -> float:
-        return timezone.now().timestamp()
-
-    def heartbeat(self, *, force: bool = False) -> None:
-        now = self._now()
-        if force or now - self._last_heartbeat >= settings.WORKBENCH_HEARTBEAT_SECONDS:
-            TrainingRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
-            self._last_heartbeat = now
-
-    def on_start(self, *, total_steps: int, start_step: int = 0) -> None:
-        """The planned number of steps (RM optimizer steps, PPO iterations), for progress displays."""
-        summary = dict(self.run.summary or {})
-        summary["total_steps"] = int(total_steps)
-        summary.setdefault("step", int(start_step))
-        self.run.summary = summary
-        TrainingRun.objects.filter(pk=self.run.pk).update(summary=summary)
-        self.heartbeat(force=True)
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        rows = [
-            Metric(run=self.run, step=step, name=name, value=float(value))
-            for name, value in metrics.items()
-            if value is not None and value == value  # drop None and NaN
-        ]
-        # update_conflicts: a resumed run may report a step again; the newer value wins.
-        Metric.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["run", "name", "step"], update_fields=["value"]
-        )
-        summary = dict(self.run.summary or {})
-        summary.update({name: float(value) for name, value in metrics.items() if value is not None})
-        summary["step"] = step
-        self.run.summary = summary
-        TrainingRun.objects.filter(pk=self.run.pk).update(summary=summary)
-        self.heartbeat()
-
-    def on_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
-        known = {"prompt", "response", "reward", "score", "kl"}
-        Sample.objects.bulk_create(
-            [
-                Sample(
-                    run=self.run,
-                    step=step,
-                    prompt=str(row.get("prompt", "")),
-                    response=str(row.get("response", "")),
-                    reward=row.get("reward"),
-                    score=row.get("score"),
-                    kl=row.get("kl"),
-                    extra={k: v for k, v in row.items() if k not in known},
-                )
-                for row in samples
-            ]
-        )
-        self.heartbeat()
-
-    def on_checkpoint(self, step: int, path: str) -> None:
-        Checkpoint.objects.create(run=self.run, step=step, path=str(path))
-        self.heartbeat(force=True)
-
-    def on_evaluation(self, results: dict[str, Any]) -> None:
-        with transaction.atomic():
-            run = TrainingRun.objects.select_for_update().get(pk=self.run.pk)
-            evaluation = dict(run.evaluation or {})
-            evaluation.update(results)
-            run.evaluation = evaluation
-            run.save(update_fields=["evaluation"])
-        self.run.evaluation = evaluation
-
-    def on_outputs(self, outputs: dict[str, str]) -> None:
-        """What the trainer wrote (recording it on the run is helper A's follow-up)."""
-
-    def on_log(self, message: str) -> None:
-        logger.info("run %s: %s", self.run.pk, message)
-        if self.echo:
-            self.echo(message)
-        self.heartbeat()
-
-    def should_stop(self) -> bool:
-        if self._stop:
-            return True
-        now = self._now()
-        if now - self._last_stop_check >= 1.0:
-            self._last_stop_check = now
-            self._stop = TrainingRun.objects.filter(pk=self.run.pk, cancel_requested=True).exists()
-            self.heartbeat()
-        return self._stop
-
-
 @contextmanager
-def executing(*, run: TrainingRun, echo: Callable[[str], None] | None = None) -> Iterator[DatabaseReporter]:
-    """Mark the run running, hand the body a DatabaseReporter, then record how it ended.
+def executing(
+    *, run: TrainingRun, echo: Callable[[str], None] | None = None, progress: bool = False
+) -> Iterator[RunReporter]:
+    """Mark the run running, hand the body a RunReporter, then record how it ended.
 
     Success → succeeded (or cancelled when a stop was requested and honoured); an exception → failed with
     the traceback stored on the run, and re-raised so commands exit non-zero.
     """
     mark_running(run=run)
-    reporter = DatabaseReporter(run, echo=echo)
+    reporter = RunReporter(run, echo=echo, progress=progress)
     try:
         yield reporter
     except RunCancelled:
@@ -205,8 +116,65 @@ def executing(*, run: TrainingRun, echo: Callable[[str], None] | None = None) ->
     else:
         stopped = TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists()
         mark_finished(run=run, status=TrainingRun.Status.CANCELLED if stopped else TrainingRun.Status.SUCCEEDED)
+    finally:
+        reporter.close()
 
 
-def default_output_dir(*, run: TrainingRun) -> Path:
-    """Where a run writes when no output directory was given: <WORKBENCH_RUNS_ROOT>/<kind>-<id>."""
-    return Path(settings.WORKBENCH_RUNS_ROOT) / f"{run.kind}-{run.pk}"
+def execute_run(*, run: TrainingRun, config: Any, echo: Callable[[str], None] | None = None,
+                progress: bool = False) -> Any:
+    """Train `run` in this process with its kind's trainer, recorded through `executing`; returns the trainer's
+    result. A graceful stop ends the run as cancelled."""
+    trainer = run_kind(run.kind).load_trainer()
+    with executing(run=run, echo=echo, progress=progress) as reporter:
+        reporter.install_signal_handlers()  # the first Ctrl+C / SIGTERM stops gracefully, with a checkpoint
+        result = trainer(config, reporter=reporter)
+        if result.stopped:
+            raise RunCancelled(f"stopped; checkpoint {result.checkpoint}")
+    return result
+
+
+def execute_without_record(*, kind: str, config: Any) -> Any:
+    """Train on a non-main process (under `accelerate launch`): the same trainer, reporting nowhere."""
+    return run_kind(kind).load_trainer()(config, reporter=NullReporter())
+
+
+def queued_run(*, run_id: int, kind: str, main: bool = True) -> tuple[TrainingRun, Any]:
+    """The queued run `run_id` and its stored config, as the worker's `<command> --run-id N` executes it.
+
+    The stored config is the one the launch pipeline built; a run recorded by other means gets its output
+    directory here (`output_dir_of`) and its reward-model run linked by the directory. Only the main process
+    (`main`) writes: an invalid config marks the run failed."""
+    spec = run_kind(kind)
+    run = TrainingRun.objects.filter(pk=run_id).select_related("snapshot", "reward_model_run").first()
+    if run is None:
+        raise NotExecutable(f"No training run with id {run_id}.")
+    if run.kind != kind:
+        raise NotExecutable(f"Run {run.pk} is a {run.get_kind_display()} run, not a {spec.noun} run.")
+    if run.status not in TrainingRun.ACTIVE_STATUSES:
+        raise NotExecutable(f"Run {run.pk} has already ended ({run.status}); resume or retry it from the "
+                            "dashboard, which creates a new run.")
+    values = {**(run.config or {})}
+    values["output_dir"] = values.get("output_dir") or str(output_dir_of(run))
+    try:
+        config = config_from_dict(spec.config_class, values)
+    except (ConfigError, TypeError) as exc:
+        if main:
+            mark_finished(run=run, status=TrainingRun.Status.FAILED, error=f"Invalid config: {exc}")
+        raise NotExecutable(f"Run {run.pk} has an invalid config: {exc}") from exc
+    if main:
+        updates: dict[str, Any] = {}
+        if run.output_dir != config.output_dir or run.config != config_to_dict(config):
+            updates.update(output_dir=config.output_dir, config=config_to_dict(config))
+        if getattr(config, "reward_model", "") and run.reward_model_run is None:
+            updates["reward_model_run"] = find_reward_model_run(config.reward_model)
+        if updates:
+            TrainingRun.objects.filter(pk=run.pk).update(**updates)
+            run.refresh_from_db()
+    return run, config
+
+
+def output_dir_of(run: TrainingRun) -> Path:
+    """Where a run writes: its recorded directory, else <WORKBENCH_RUNS_ROOT>/<kind>-<id> (the one default)."""
+    if run.output_dir:
+        return Path(run.output_dir)
+    return (Path(settings.WORKBENCH_RUNS_ROOT) / f"{run.kind}-{run.pk}").resolve()

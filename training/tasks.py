@@ -34,12 +34,13 @@ from django.db import close_old_connections, connection, connections
 from django.utils import timezone
 from django_tasks import task
 
+from training.jobkinds import JOB_BODIES
+from training.logs import run_log_path, tail_text
 from training.models import Job, TrainingRun
+from training.runkinds import run_kind
 
 logger = logging.getLogger("training.worker")
 
-TRAIN_COMMANDS = {TrainingRun.Kind.RM: "train_rm", TrainingRun.Kind.PPO: "train_ppo"}
-LOG_TAIL_BYTES = 16_000
 # After a cancel, the trainer has settings.WORKBENCH_CANCEL_GRACE_SECONDS (default 300) to checkpoint and stop
 # before the worker sends SIGTERM, then another TERMINATE_GRACE_SECONDS before SIGKILL.
 DEFAULT_CANCEL_GRACE_SECONDS = 300
@@ -56,7 +57,7 @@ def cancel_grace_seconds() -> float:
 def build_command(*, run: TrainingRun) -> list[str]:
     """The argv that trains `run`: `[python] manage.py train_rm --run-id N`, behind the launcher if any."""
     manage = str(Path(settings.BASE_DIR) / "manage.py")
-    args = [manage, TRAIN_COMMANDS[run.kind], "--run-id", str(run.pk)]
+    args = [manage, run_kind(run.kind).command, "--run-id", str(run.pk)]
     launcher = shlex.split(settings.WORKBENCH_LAUNCHER or "")
     if not launcher:
         return [sys.executable, *args]
@@ -98,26 +99,6 @@ def child_environment() -> dict[str, str]:
     env["WORKBENCH_DATA_ROOT"] = str(settings.WORKBENCH_DATA_ROOT)
     env["WORKBENCH_RUNS_ROOT"] = str(settings.WORKBENCH_RUNS_ROOT)
     return env
-
-
-def tail_text(path: str | Path, *, max_bytes: int = LOG_TAIL_BYTES) -> str:
-    """The last `max_bytes` of a text file (from a line start), or "" when it does not exist."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except OSError:
-        return ""
-    if size > max_bytes and b"\n" in data:
-        data = data.split(b"\n", 1)[1]
-    return data.decode("utf-8", errors="replace")
-
-
-def run_log_path(*, run: TrainingRun) -> Path:
-    """One log per run; a resumed run shares its parent's output directory but not its log."""
-    return Path(run.output_dir) / "logs" / f"{run.kind}-run-{run.pk}.log"
 
 
 def _describe_exit(code: int) -> str:
@@ -233,13 +214,9 @@ def supervise_training_run(*, run_id: int) -> dict[str, Any]:
     if run.status != TrainingRun.Status.QUEUED:
         # Cancelled while queued, or executed already (a task re-delivered after a worker restart).
         return {"run_id": run_id, "status": run.status, "skipped": True}
-    if not run.output_dir:  # a run queued by other means than jobs.launch_run
-        from training.services import default_output_dir
-
-        run.output_dir = str(default_output_dir(run=run).resolve())
-        TrainingRun.objects.filter(pk=run_id).update(output_dir=run.output_dir)
-    output_dir = Path(run.output_dir)
-    log_path = Path(run.log_path) if run.log_path else run_log_path(run=run)
+    output_dir = Path(run.output_dir)  # set by the launch pipeline (training.launching)
+    log_path = Path(run.log_path) if run.log_path else run_log_path(kind=run.kind, run_id=run.pk,
+                                                                    output_dir=output_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = build_command(run=run)
     host = socket.gethostname()
@@ -324,8 +301,6 @@ class _JobHeartbeat(threading.Thread):
 
 def run_job(*, job_id: int) -> dict[str, Any]:
     """Execute one queued Job in this process, recording its result or its traceback."""
-    from training import jobs  # the bodies live with the services that enqueue them
-
     now = timezone.now()
     claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
         status=Job.Status.RUNNING, started_at=now, heartbeat_at=now, host=socket.gethostname(), pid=os.getpid()
@@ -336,7 +311,7 @@ def run_job(*, job_id: int) -> dict[str, Any]:
     heartbeat = _JobHeartbeat(job_id)
     heartbeat.start()
     try:
-        result = jobs.JOB_BODIES[job.kind](job=job)
+        result = JOB_BODIES[job.kind](job=job)
     except Exception:
         error = traceback.format_exc()
         logger.error("job %s failed:\n%s", job_id, error)

@@ -19,8 +19,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotate.models import Project
-from training import annotation_stats, jobs, selectors
+from annotate.services.project_stats import project_overview, project_statistics
 from training import forms as launch_forms
+from training import jobs, launching, selectors
 from training.models import Job, TrainingRun
 
 POLL_SECONDS = 3
@@ -107,15 +108,12 @@ def _live_context(request: HttpRequest, run: TrainingRun, *, series: dict | None
         "evaluation": selectors.evaluation_view(run.evaluation or {}),
         "outputs": selectors.output_files(run=run),
         "checkpoints": list(run.checkpoints.order_by("step")),
-        "can_resume": jobs.can_resume(run),
+        "can_resume": launching.can_resume(run),
         "poll_seconds": POLL_SECONDS,
     }
 
 
-@staff_required
-@require_GET
-def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(selectors.list_runs(), pk=run_id)
+def _run_page(request: HttpRequest, run: TrainingRun, *, status: int = 200) -> HttpResponse:
     all_series, cursor = selectors.run_series(run=run)
     # The charts start from the full curves; the live region's first data block carries nothing new.
     context = _live_context(request, run, series={}, cursor=cursor)
@@ -134,7 +132,13 @@ def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
             "compare_candidates": selectors.list_runs(kind=run.kind).exclude(pk=run.pk)[:20],
         }
     )
-    return render(request, "training/run_detail.html", context)
+    return render(request, "training/run_detail.html", context, status=status)
+
+
+@staff_required
+@require_GET
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    return _run_page(request, get_object_or_404(selectors.list_runs(), pk=run_id))
 
 
 @staff_required
@@ -194,32 +198,40 @@ def run_file(request: HttpRequest, run_id: int, relative: str) -> HttpResponse:
     )
 
 
+def _refused(request: HttpRequest, run: TrainingRun, exc: launching.RunConflict) -> HttpResponse:
+    """The run page again, with the reason, answered 409 Conflict (the run's state refused the action)."""
+    messages.error(request, str(exc))
+    run.refresh_from_db()
+    return _run_page(request, run, status=409)
+
+
 @staff_required
 @require_POST
 def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(TrainingRun, pk=run_id)
+    run = get_object_or_404(selectors.list_runs(), pk=run_id)
     try:
-        jobs.cancel_run(run=run)
-    except jobs.LaunchError as exc:
-        messages.error(request, str(exc))
+        launching.cancel_run(run=run)
+    except launching.RunConflict as exc:
+        return _refused(request, run, exc)
+    if run.status == TrainingRun.Status.CANCELLED:
+        messages.success(request, f"{run} was cancelled before it started.")
     else:
-        if run.status == TrainingRun.Status.CANCELLED:
-            messages.success(request, f"{run} was cancelled before it started.")
-        else:
-            messages.success(request, f"Stopping {run}: it will write a checkpoint and stop.")
+        messages.success(request, f"Stopping {run}: it will write a checkpoint and stop.")
     return redirect("training:run_detail", run_id=run.pk)
 
 
 @staff_required
 @require_POST
 def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(TrainingRun, pk=run_id)
+    run = get_object_or_404(selectors.list_runs(), pk=run_id)
     try:
-        new_run = jobs.resume_run(run=run, created_by=request.user)
-    except (jobs.LaunchError, ValueError) as exc:
+        new_run = launching.resume_run(run=run, created_by=request.user)
+    except launching.RunConflict as exc:
+        return _refused(request, run, exc)
+    except launching.LaunchError as exc:
         messages.error(request, str(exc))
         return redirect("training:run_detail", run_id=run.pk)
-    verb = "Resuming" if new_run.config.get(jobs.RESUME_FIELD) else "Retrying"
+    verb = "Resuming" if new_run.config.get("resume") else "Retrying"
     messages.success(request, f"{verb} {run} as {new_run}; it is queued.")
     return redirect("training:run_detail", run_id=new_run.pk)
 
@@ -257,14 +269,14 @@ def launch_rm(request: HttpRequest) -> HttpResponse:
         initial["project"] = project_id
     form = launch_forms.RMLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
-            run = jobs.launch_rm_run(
-                config=form.config, snapshot=form.cleaned_data.get("snapshot"),
-                project=form.cleaned_data.get("project"), export_options=form.export_options(),
-                name=form.cleaned_data.get("name", ""), created_by=request.user,
+            run = launching.launch_run(
+                kind="rm", options=form.options, snapshot=data.get("snapshot"), export_project=data.get("project"),
+                export_options=form.export_options(), name=data.get("name", ""), created_by=request.user,
             )
-        except jobs.LaunchError as exc:
-            form.add_error(None, str(exc))
+        except launching.LaunchError as exc:
+            form.launch_failed(exc)
         else:
             messages.success(request, f"{run} is queued; a worker will pick it up.")
             return redirect("training:run_detail", run_id=run.pk)
@@ -279,14 +291,14 @@ def launch_ppo(request: HttpRequest) -> HttpResponse:
         initial["reward_model_run"] = rm_id
     form = launch_forms.PPOLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
-            run = jobs.launch_ppo_run(
-                config=form.config, reward_model_run=form.cleaned_data["reward_model_run"],
-                project=form.cleaned_data.get("prompt_project"), name=form.cleaned_data.get("name", ""),
-                created_by=request.user,
+            run = launching.launch_run(
+                kind="ppo", options=form.options, reward_model_run=data["reward_model_run"],
+                prompt_project=data.get("prompt_project"), name=data.get("name", ""), created_by=request.user,
             )
-        except jobs.LaunchError as exc:
-            form.add_error(None, str(exc))
+        except launching.LaunchError as exc:
+            form.launch_failed(exc)
         else:
             messages.success(request, f"{run} is queued; a worker will pick it up.")
             return redirect("training:run_detail", run_id=run.pk)
@@ -343,14 +355,14 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 @staff_required
 @require_GET
 def project_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "training/project_list.html", {"rows": annotation_stats.project_overview()})
+    return render(request, "training/project_list.html", {"rows": project_overview()})
 
 
 @staff_required
 @require_GET
 def project_stats(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
-    context = annotation_stats.project_statistics(project=project)
+    context = {**project_statistics(project=project), **selectors.project_training(project=project)}
     context["rm_check_form"] = launch_forms.RMCheckForm(project=project)
     context["chart_data"] = _json_for_script(context.pop("charts"))
     return render(request, "training/project_stats.html", context)

@@ -478,3 +478,61 @@ def snapshot_dir_for(*, project: Project, name: str) -> Path:
     if root not in path.parents:
         raise ExportError("The snapshot path must stay inside WORKBENCH_DATA_ROOT")
     return path
+
+
+def _write_jsonl_atomically(lines: list[str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        staging.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def export_prompts(*, project: Project, path: str | Path) -> tuple[Path, int]:
+    """The project's prompts as the prompt file PPO reads: one `{"id", "prompt", "metadata"}` per line, the
+    distinct texts of every round (first occurrence, in id order), written atomically. Returns (path, count);
+    ExportError when the project has no prompts."""
+    out = Path(path).expanduser().resolve()
+    seen: set[str] = set()
+    lines = []
+    for prompt in project.prompts.order_by("pk").iterator(chunk_size=2000):
+        if prompt.text_hash in seen:
+            continue
+        seen.add(prompt.text_hash)
+        record = {"id": prompt.external_id or str(prompt.pk), "prompt": prompt.text, "metadata": prompt.metadata}
+        lines.append(json.dumps(record, ensure_ascii=False))
+    if not lines:
+        raise ExportError(f"Project {project.name!r} has no prompts.")
+    _write_jsonl_atomically(lines, out)
+    return out, len(lines)
+
+
+@dataclass
+class RankingsFile:
+    """A K-wise JSONL file of rankings (the snapshot's record format) and, per record line, its prompt's round."""
+
+    path: Path
+    rankings: int
+    rounds: list[int]
+
+
+def export_rankings_since(*, project: Project, created_after, path: str | Path) -> RankingsFile:
+    """Every ranking of `project` created after `created_after`, one K-wise record each (as in a snapshot's
+    kwise split: per annotator, ties kept), to a JSONL file written atomically — what a reward model that was
+    trained on the data exported at `created_after` has not seen."""
+    out = Path(path).expanduser().resolve()
+    rankings = (Ranking.objects.filter(prompt__project=project, created_at__gt=created_after)
+                .select_related("prompt").order_by("prompt_id", "pk"))
+    lines, rounds = [], []
+    for ranking in rankings.iterator(chunk_size=500):
+        ids = [rid for tier in ranking.tiers for rid in tier]
+        texts = dict(Response.objects.filter(pk__in=ids).values_list("pk", "text"))
+        if len(texts) != len(set(ids)):
+            continue  # a response was deleted since; the ranking cannot be scored whole
+        lines.append(json.dumps(_ranking_record(ranking.prompt, ranking, texts), ensure_ascii=False))
+        rounds.append(ranking.prompt.round)
+    _write_jsonl_atomically(lines, out)
+    return RankingsFile(path=out, rankings=len(lines), rounds=rounds)

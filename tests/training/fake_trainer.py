@@ -1,5 +1,5 @@
 """A stand-in for `manage.py train_rm --run-id N` in the worker tests: a real child process that uses the real
-run services (`training.services.executing`, the DatabaseReporter), but trains nothing.
+run services (`training.services.executing`, the RunReporter), but trains nothing.
 
     python tests/training/fake_trainer.py --run-id N --mode succeed|crash|die|until-cancel|ignore-cancel
 """

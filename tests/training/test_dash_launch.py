@@ -189,7 +189,7 @@ def test_a_ppo_launch_takes_a_policy_an_rm_run_and_a_project_s_prompts(staff_cli
     config = run.config
     assert config["policy"] == str(model_dir) and config["reward_model"] == rm.output_dir
     prompts = Path(config["prompts"])
-    assert prompts.is_relative_to(roots_in_tmp["data"] / "prompts")
+    assert prompts == Path(run.output_dir) / "prompts.jsonl"  # exported with the run, as by train_ppo
     records = [json.loads(line) for line in prompts.read_text().splitlines()]
     assert [r["prompt"] for r in records] == [p.text for p, _ in world["prompts"]]
     assert config["output_dir"] == run.output_dir == str(roots_in_tmp["runs"] / f"ppo-{run.pk}")

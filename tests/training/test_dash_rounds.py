@@ -48,7 +48,7 @@ def project_round_one(staff):
 
 def test_a_new_round_is_sampled_from_the_ppo_policy_by_the_worker(roots_in_tmp, policies, project_round_one, staff):
     ppo = TrainingRun.objects.create(kind="ppo", status="succeeded", output_dir=str(policies["new"].parent),
-                                     config={"policy": str(policies["old"])})
+                                     outputs={"policy": str(policies["new"])}, config={"policy": str(policies["old"])})
     job = jobs.launch_new_round(project=project_round_one, model_path=policies["new"], training_run=ppo, k=4,
                                 sampling={"temperature": 1.0, "max_new_tokens": 8, "seed": 1}, created_by=staff)
     assert job.status == "queued"
@@ -115,7 +115,8 @@ def test_rm_accuracy_on_rankings_it_did_not_train_on(roots_in_tmp, policy_source
     RewardModel.from_backbone(str(policy_source), max_length=64).save_pretrained(rm_dir)
     project = Project.objects.create(name="Checked")
     snapshot = DatasetSnapshot.objects.create(project=project, path="/x", format="jsonl", content_hash="e" * 64)
-    rm = TrainingRun.objects.create(kind="rm", status="succeeded", snapshot=snapshot, output_dir=str(rm_dir))
+    rm = TrainingRun.objects.create(kind="rm", status="succeeded", snapshot=snapshot, output_dir=str(rm_dir),
+                                    outputs={"reward_model": str(rm_dir)})
     annotator = django_user_model.objects.create_user("judge")
     rankings = []
     for i in range(4):

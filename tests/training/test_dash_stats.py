@@ -11,8 +11,9 @@ import pytest
 from django.utils import timezone
 
 from annotate.models import Assignment, Prompt, Ranking, Response
+from annotate.services import project_stats
 from tests.training.conftest import make_ranking
-from training import annotation_stats, jobs
+from training import jobs
 from training.models import Job
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.django_db
 def test_progress_by_round_counts_prompts_ready_and_rankings_capped_per_prompt(world):
     project = world["project"]
     # Round 1: 3 prompts with 4 responses; 2 rankings needed each; prompt 0 and 1 have 2, prompt 2 none.
-    rows = annotation_stats.progress_by_round(project=project)
+    rows = project_stats.progress_by_round(project=project)
     assert rows == [{"round": 1, "prompts": 3, "ready": 3, "needed": 6, "done": 4, "rankings": 4, "complete": 2,
                      "percent": 67}]
     # A third ranking of a full prompt does not count towards progress; a prompt short of K is not ready.
@@ -29,7 +30,7 @@ def test_progress_by_round_counts_prompts_ready_and_rankings_capped_per_prompt(w
     Response.objects.create(prompt=extra, text="only one")
     prompt, ids = world["prompts"][0]
     make_ranking(prompt=prompt, annotator=world["ann1"], tiers=[[i] for i in ids])
-    rows = annotation_stats.progress_by_round(project=project)
+    rows = project_stats.progress_by_round(project=project)
     assert rows[0]["done"] == 4 and rows[0]["rankings"] == 5
     assert rows[1] == {"round": 2, "prompts": 1, "ready": 0, "needed": 0, "done": 0, "rankings": 0, "complete": 0,
                        "percent": 0}
@@ -42,7 +43,7 @@ def test_throughput_per_annotator(world):
     prompt = world["prompts"][2][0]
     Assignment.objects.create(prompt=prompt, annotator=ann2, state="skipped", leased_at=timezone.now(),
                               lease_expires_at=timezone.now())
-    data = annotation_stats.throughput(project=world["project"])
+    data = project_stats.throughput(project=world["project"])
     rows = {row["annotator"]: row for row in data["rows"]}
     assert rows["ann1"]["total"] == 2 and rows["ann1"]["day"] == 2 and rows["ann1"]["week"] == 2
     assert rows["ann2"]["total"] == 2 and rows["ann2"]["day"] == 1 and rows["ann2"]["week"] == 2
@@ -53,7 +54,7 @@ def test_throughput_per_annotator(world):
 
 
 def test_flagged_responses_and_all_bad(world):
-    flagged = annotation_stats.flagged_responses(project=world["project"])
+    flagged = project_stats.flagged_responses(project=world["project"])
     first = world["prompts"][0][1][0]
     assert flagged["total"] == 1 and flagged["all_bad"] == 1
     assert flagged["rows"][0]["response"].pk == first
@@ -70,7 +71,7 @@ def test_policies_head_to_head_within_a_round(world):
            for i in range(2)]
     # new0 > old0 > new1 > old1: new beats old in 3 of 4 cross pairs.
     make_ranking(prompt=prompt, annotator=world["ann1"], tiers=[[new[0]], [old[0]], [new[1]], [old[1]]])
-    rows = annotation_stats.policy_ab(project=project)
+    rows = project_stats.policy_ab(project=project)
     assert rows == [{"round": 2, "a": "/models/sft", "b": "/runs/ppo-2/policy", "pairs": 4, "a_win_rate": 0.25}]
 
 
@@ -82,7 +83,7 @@ def test_the_statistics_page_shows_figures_and_chart_data(staff_client, world):
             "pairs": 8, "accuracy": 0.625}}})
     html = staff_client.get(f"/dashboard/projects/{project.pk}/").content.decode()
     data = json.loads(re.search(r'<script type="application/json" id="stats-data">(.*?)</script>', html, re.S)[1])
-    quality = annotation_stats.quality(project=project)
+    quality = project_stats.quality(project=project)
     assert html.count("%") > 5
     assert f'<dd id="overall-agreement">{100 * quality["overall"]["agreement"]:.1f} %</dd>' in html
     assert data["consensus"]["labels"] == ["ann1", "ann2"]
@@ -101,7 +102,7 @@ def test_known_agreement_figures(world):
     """ann1 and ann2 share prompts 0 and 1. Both rank prompt 0 longest first (6 agreeing pairs, tau-b +1); on
     prompt 1 ann2 ranks shortest first (6 disagreeing pairs, tau-b −1): agreement 0.5, mean tau-b 0. Longer
     responses win 6 + 6 + 6 of the 24 strict pairs, shorter ones 6."""
-    quality = annotation_stats.quality(project=world["project"])
+    quality = project_stats.quality(project=world["project"])
     assert quality["overall"]["agreement"] == 0.5 and quality["overall"]["tau_b"] == 0.0
     assert quality["length_bias"]["longer_preferred"] == 0.75
 

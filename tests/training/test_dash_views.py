@@ -181,8 +181,9 @@ def test_cancel_and_resume_actions(staff_client, world, roots_in_tmp):
 
 def test_retry_without_a_checkpoint_starts_fresh_in_a_new_directory(staff_client, world):
     ppo = world["ppo"]
-    TrainingRun.objects.filter(pk=ppo.pk).update(status="failed", config={"output_dir": ppo.output_dir,
-                                                                          "resume": ""})
+    # The stored config is what the launch pipeline validated; a retry validates it again.
+    TrainingRun.objects.filter(pk=ppo.pk).update(status="failed", config={
+        "policy": "p", "prompts": "prompts.jsonl", "output_dir": ppo.output_dir, "resume": ""})
     staff_client.post(f"/dashboard/runs/{ppo.pk}/resume/")
     new = TrainingRun.objects.get(resumed_from=ppo)
     assert new.output_dir != ppo.output_dir and new.config["resume"] == ""

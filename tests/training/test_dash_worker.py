@@ -14,7 +14,7 @@ from django.db import connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from training import jobs, tasks
+from training import jobs, launching, tasks
 from training.models import Checkpoint, Metric, TrainingRun
 from training.services import request_cancel
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def queued_run(**fields) -> TrainingRun:
-    return jobs.launch_run(kind=TrainingRun.Kind.RM, config={"output_dir": "", "resume": ""}, **fields)
+    return launching.launch_run(kind="rm", options={"model": "fake", "dataset": "fake"}, **fields)
 
 
 def test_a_run_succeeds_with_host_pid_log_and_metrics(roots_in_tmp, fake_trainer):
@@ -97,7 +97,7 @@ def test_cancel_stops_the_run_gracefully_and_keeps_a_checkpoint(roots_in_tmp, fa
     assert Path(checkpoint.path).is_relative_to(Path(run.output_dir))
     assert "stopped at step" in Path(run.log_path).read_text()
     # …and it can be resumed from that checkpoint: same directory, resume "last".
-    resumed = jobs.resume_run(run=run)
+    resumed = launching.resume_run(run=run)
     assert resumed.resumed_from == run and resumed.output_dir == run.output_dir
     assert resumed.config["resume"] == "last" and resumed.status == TrainingRun.Status.QUEUED
 
@@ -122,7 +122,7 @@ def test_a_trainer_that_ignores_the_cancel_is_terminated_after_the_grace_period(
 def test_a_run_cancelled_while_queued_is_never_started(roots_in_tmp, fake_trainer):
     fake_trainer("succeed")
     run = queued_run()
-    jobs.cancel_run(run=run)
+    launching.cancel_run(run=run)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.CANCELLED
     result = tasks.execute_training_run.call(run.pk)

@@ -12,9 +12,8 @@ import pytest
 from django.db import connection
 
 from tests.training.helpers import write_kwise_snapshot
-from training import jobs, tasks
+from training import launching, tasks
 from training.models import Checkpoint, Metric, TrainingRun
-from training.rlhf.rm_config import RewardModelConfig
 from training.services import request_cancel
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -25,17 +24,16 @@ def rm_config(roots_in_tmp, tiny_model_dir):
     dataset = roots_in_tmp["data"] / "snap"
     write_kwise_snapshot(dataset, train=32, test=8)
 
-    def make(**overrides) -> RewardModelConfig:
-        values = {"model": str(tiny_model_dir), "dataset": str(dataset), "output_dir": "pending", "batch_size": 2,
-                  "learning_rate": 1e-3, "log_every": 1, "checkpoint_every": 0, **overrides}
-        return RewardModelConfig(**values)
+    def make(**overrides) -> dict:
+        return {"model": str(tiny_model_dir), "dataset": str(dataset), "batch_size": 2, "learning_rate": 1e-3,
+                "log_every": 1, "checkpoint_every": 0, **overrides}
 
     return make
 
 
 def test_a_crashing_trainer_leaves_its_traceback_on_the_run(rm_config, roots_in_tmp):
     config = rm_config(dataset=str(roots_in_tmp["data"] / "gone"), max_steps=2)
-    run = jobs.launch_run(kind=TrainingRun.Kind.RM, config=config)
+    run = launching.launch_run(kind="rm", options=config)
     tasks.execute_training_run.call(run.pk)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
@@ -45,7 +43,7 @@ def test_a_crashing_trainer_leaves_its_traceback_on_the_run(rm_config, roots_in_
 
 
 def test_cancel_stops_with_a_checkpoint_and_resume_continues_from_it(rm_config):
-    run = jobs.launch_run(kind=TrainingRun.Kind.RM, config=rm_config(epochs=40))  # 640 steps: far from done
+    run = launching.launch_run(kind="rm", options=rm_config(epochs=40))  # 640 steps: far from done
 
     def cancel_after_a_few_steps():
         try:
@@ -70,7 +68,7 @@ def test_cancel_stops_with_a_checkpoint_and_resume_continues_from_it(rm_config):
     assert 3 <= stopped_at < 640
     assert max(Metric.objects.filter(run=run, name="loss").values_list("step", flat=True)) == stopped_at
 
-    resumed = jobs.resume_run(run=run)
+    resumed = launching.resume_run(run=run)
     assert resumed.config["resume"] == "last" and resumed.output_dir == run.output_dir
     # Shorten the rest of the schedule so the test ends soon: stop a few steps after the checkpoint.
     TrainingRun.objects.filter(pk=resumed.pk).update(config={**resumed.config, "max_steps": stopped_at + 2})

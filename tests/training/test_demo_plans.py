@@ -3,7 +3,6 @@
 import pytest
 
 from training.demo import DEMO_ANNOTATORS, PLANS
-from training.forms import PLACEHOLDER_OUTPUT
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.rm_config import RewardModelConfig
 
@@ -16,7 +15,7 @@ def test_plan_is_consistent(size):
     assert plan.simulated_annotators >= plan.annotators_per_prompt  # round 1 can be fully ranked
     assert len(DEMO_ANNOTATORS) >= plan.annotators_per_prompt  # ... and the humans' round too
     assert plan.new_round_prompts <= plan.prompts
-    RewardModelConfig(model="m", dataset="d", output_dir=PLACEHOLDER_OUTPUT, **plan.rm)  # validates
-    ppo = PPOConfig(policy="p", reward_model="r", prompts=PLACEHOLDER_OUTPUT, output_dir=PLACEHOLDER_OUTPUT,
+    RewardModelConfig(model="m", dataset="d", output_dir="out", **plan.rm)  # validates
+    ppo = PPOConfig(policy="p", reward_model="r", prompts="prompts.jsonl", output_dir="out",
                     task="demo", **plan.ppo)
     assert ppo.num_iterations >= 1

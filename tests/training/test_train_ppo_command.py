@@ -41,7 +41,8 @@ def models_dir(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture
 def rm_run(models_dir):
-    return TrainingRun.objects.create(kind="rm", status="succeeded", name="rm", output_dir=str(models_dir["rm"]))
+    return TrainingRun.objects.create(kind="rm", status="succeeded", name="rm", output_dir=str(models_dir["rm"]),
+                                      outputs={"reward_model": str(models_dir["rm"].resolve())})
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_run_id_executes_a_queued_run_and_links_its_reward_model(models_dir, rm_
 def test_a_cancel_request_stops_with_a_checkpoint(models_dir, rm_run, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Review one:\nReview two:\n", encoding="utf-8")
-    config = {"policy": str(models_dir["policy"]), "reward_model": str(rm_run.pk), "prompts": str(prompts),
+    config = {"policy": str(models_dir["policy"]), "reward_model": str(models_dir["rm"]), "prompts": str(prompts),
               "output_dir": str(tmp_path / "cancelled"), "iterations": 3, "rollout_batch_size": 2,
               "mini_batch_size": 2, "micro_batch_size": 2, "response_length": 4, "evaluate": False}
     run = create_run(kind="ppo", config=config)

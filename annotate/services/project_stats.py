@@ -1,6 +1,7 @@
-"""Annotation statistics for the dashboard: progress, throughput per annotator, quality (agreement, tau-b,
-consensus, position and length bias from `annotate.services.stats`), flagged responses, blind A/B of
-policies within a round, and reward-model checks on rankings the RM has not seen. Read-only.
+"""Annotation statistics of a project for the dashboard: progress per round, throughput per annotator,
+quality (agreement, tau-b, consensus, position and length bias from `annotate.services.stats`), flagged
+responses, and the blind A/B of policies within a round. Read-only. (The dashboard adds the training side:
+reward-model checks and round jobs, from training.selectors.)
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from annotate.agreement import ordered_pairs
 from annotate.models import RESPONSE_FLAGS, Assignment, Project, Prompt, Ranking, Response
-from training.models import Job, TrainingRun
+from annotate.services.stats import project_quality
 
 THROUGHPUT_DAYS = 14
 
@@ -167,15 +168,7 @@ def policy_ab(*, project: Project) -> list[dict[str, Any]]:
     return result
 
 
-def rm_checks(*, project: Project, limit: int = 10) -> list[Job]:
-    return list(
-        Job.objects.filter(project=project, kind=Job.Kind.RM_EVAL).select_related("training_run")[:limit]
-    )
-
-
 def quality(*, project: Project) -> dict[str, Any]:
-    from annotate.services.stats import project_quality
-
     return project_quality(project=project)
 
 
@@ -199,12 +192,9 @@ def _charts(*, throughput_data: dict, quality_data: dict) -> dict[str, Any]:
 
 
 def project_statistics(*, project: Project) -> dict[str, Any]:
-    """Everything the statistics page shows, plus chart data under "charts"."""
+    """Everything the statistics page shows about the annotation, plus chart data under "charts"."""
     throughput_data = throughput(project=project)
     quality_data = quality(project=project)
-    rm_runs = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, status=TrainingRun.Status.SUCCEEDED).filter(
-        Q(project=project) | Q(snapshot__project=project)
-    )
     return {
         "project": project,
         "progress": progress_by_round(project=project),
@@ -212,8 +202,5 @@ def project_statistics(*, project: Project) -> dict[str, Any]:
         "quality": quality_data,
         "flagged": flagged_responses(project=project),
         "policy_ab": policy_ab(project=project),
-        "rm_checks": rm_checks(project=project),
-        "rm_runs": list(rm_runs[:20]),
-        "rounds_jobs": list(Job.objects.filter(project=project, kind=Job.Kind.NEW_ROUND)[:10]),
         "charts": _charts(throughput_data=throughput_data, quality_data=quality_data),
     }

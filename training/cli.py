@@ -1,0 +1,83 @@
+"""What the train_rm / train_ppo commands share: which process may write to the database, the checks of a
+model reference, and running a launch — a queued run (`--run-id`, as the worker does) or one recorded from the
+command's options — with the console reporter. The commands themselves only parse their arguments."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import CommandError
+
+from training import launching, services
+from training.models import TrainingRun
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank under `accelerate launch` / torchrun (RANK is set there)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def check_model_reference(model: str) -> None:
+    """A local path must exist; anything else must look like a hub id (owner/name)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return
+    if model.startswith((".", "/", "~")) or "\\" in model or not HUB_ID.match(model):
+        raise CommandError(f"Model not found: {model} (neither a local directory nor a hub id like owner/name).")
+
+
+def launch_error(exc: launching.LaunchError) -> CommandError:
+    """A refused launch as the command reports it: the option's flag, then the reason."""
+    if exc.field:
+        return CommandError(f"--{exc.field.replace('_', '-')}: {exc}")
+    return CommandError(str(exc))
+
+
+def queued(*, kind: str, options: dict[str, Any], config_names: set[str], main: bool) -> tuple[TrainingRun, Any]:
+    """`--run-id N`: the queued run and its stored config (no other training option may be given)."""
+    if any(options.get(name) is not None for name in config_names) or options.get("name"):
+        raise CommandError("--run-id executes the run's stored config; give no other training options.")
+    try:
+        return services.queued_run(run_id=options["run_id"], kind=kind, main=main)
+    except services.NotExecutable as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def recorded(*, kind: str, values: dict[str, Any], out, **sources: Any) -> tuple[TrainingRun, Any]:
+    """A new run from the command's options, through the run pipeline (recorded, not queued)."""
+    try:
+        return launching.record_run(kind=kind, options=values, output_dir=out, **sources)
+    except launching.LaunchError as exc:
+        raise launch_error(exc) from exc
+
+
+def unrecorded(*, kind: str, values: dict[str, Any], out) -> Any:
+    """The config of a non-main process that trains without a run row (it needs the same --out as rank 0)."""
+    if not out:
+        raise CommandError("Under accelerate launch give --out (or --run-id), so every process writes to the "
+                           "same directory.")
+    try:
+        return launching.build_config(kind=kind, values={**values, "output_dir": str(Path(out).resolve())})
+    except launching.LaunchError as exc:
+        raise launch_error(exc) from exc
+
+
+def train(*, kind: str, run: TrainingRun | None, config: Any, main: bool, progress: bool,
+          echo) -> TrainingRun | None:
+    """Train here: on the main process recorded on `run` with the console reporter; elsewhere reporting nowhere.
+    Returns the run as it ended (None on other processes)."""
+    if not main or run is None:
+        services.execute_without_record(kind=kind, config=config)
+        return None
+    try:
+        services.execute_run(run=run, config=config, echo=echo, progress=progress)
+    except Exception as exc:
+        raise CommandError(f"{run} failed: {exc} (the traceback is stored on the run)") from exc
+    run.refresh_from_db()
+    return run
+

@@ -1,0 +1,213 @@
+"""The run pipeline: every launch — the dashboard's forms, the API, the train_rm / train_ppo commands, the demo,
+a resume or retry — comes through `launch_run` (queued for a worker) or `record_run` (recorded, then trained
+in the calling process by a command). One pass, in this order:
+
+1. the kind's inputs (`INPUTS`): RM — a recorded snapshot, or a project exported now (a new snapshot), or a
+   dataset path;
+   PPO — the reward model a succeeded RM run reported (`outputs["reward_model"]`), and prompts from a file or
+   a project (exported by `annotate.services.exporting.export_prompts` into the run's directory);
+2. the run row (queued) and its output directory: the one given (a resume continues in its parent's, a command
+   may name one), else `services.output_dir_of` — the only default;
+3. the config dataclass, built once from the options and the inputs; a `ConfigError` becomes a `LaunchError`
+   naming the field, and nothing is left behind (the transaction rolls back, exported files are removed);
+4. enqueued for the worker (django-tasks), which runs `manage.py <kind's command> --run-id N`.
+
+Also here: the actions on an existing run — cancel, resume/retry — checked against the run's state on the
+server (a refused action is a `RunConflict`, 409 on the API).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from training.logs import run_log_path
+from training.models import TrainingRun
+from training.rlhf.configs import ConfigError, config_to_dict
+from training.runkinds import run_kind
+from training.selectors import find_reward_model_run
+from training.services import create_run, output_dir_of, request_cancel
+from training.tasks import execute_training_run
+
+logger = logging.getLogger("training.launching")
+
+PROMPTS_FILE = "prompts.jsonl"
+
+
+class LaunchError(ValueError):
+    """The launch cannot go ahead (bad source, invalid option…); the message is for the user, `field` names the
+    option or input at fault when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RunConflict(LaunchError):
+    """An action that the run's state refuses (resume a succeeded run, cancel a finished one…): 409."""
+
+
+# --- 1. inputs, per kind ---------------------------------------------------------------------------------
+
+
+def _rm_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, export_options=None, project=None,
+               created_by=None, written: list[Path], **_: Any) -> dict[str, Any]:
+    sources = (snapshot is not None) + (export_project is not None)
+    if sources > 1 or (sources == 0 and not options.get("dataset")):
+        raise LaunchError("Choose a snapshot, or a project to export now (not both).", field="snapshot")
+    if export_project is not None:
+        from annotate.services.exporting import ExportError, export_snapshot, snapshot_dir_for
+
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        try:
+            snapshot = export_snapshot(
+                project=export_project, out_dir=snapshot_dir_for(project=export_project, name=f"rm-{stamp}"),
+                created_by=created_by, **(export_options or {}),
+            )
+        except ExportError as exc:
+            raise LaunchError(str(exc)) from exc
+        written.append(Path(snapshot.path))
+    if snapshot is not None:
+        return {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
+    return {"config": {}, "project": project}
+
+
+def _ppo_inputs(*, options: dict[str, Any], reward_model_run=None, prompt_project=None, project=None,
+                snapshot=None, **_: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if reward_model_run is not None:
+        if reward_model_run.kind != TrainingRun.Kind.RM or reward_model_run.status != TrainingRun.Status.SUCCEEDED:
+            raise LaunchError("The reward model must come from a reward-model run that succeeded.",
+                              field="reward_model_run")
+        directory = reward_model_run.output("reward_model")
+        if directory is None:
+            raise LaunchError(f"{reward_model_run} left no reward model in {reward_model_run.output_dir}.",
+                              field="reward_model_run")
+        config["reward_model"] = str(directory)
+    elif options.get("reward_model"):
+        reward_model_run = find_reward_model_run(options["reward_model"])  # link the run that wrote it
+    if prompt_project is not None and options.get("prompts"):
+        raise LaunchError("Choose a project or a prompt file (not both).", field="prompt_project")
+    links = {"reward_model_run": reward_model_run,
+             "project": prompt_project or project or getattr(reward_model_run, "project", None)}
+    return {"config": config, "prompt_project": prompt_project, **links}
+
+
+INPUTS = {"rm": _rm_inputs, "ppo": _ppo_inputs}
+
+
+# --- 2–4. the run, its directory, its config, the queue ---------------------------------------------------
+
+
+def build_config(*, kind: str, values: dict[str, Any]) -> Any:
+    """The kind's config dataclass from option values — the one place a launch builds it."""
+    try:
+        return run_kind(kind).config_class(**values)
+    except ConfigError as exc:
+        raise LaunchError(str(exc).split(": ", 1)[-1], field=exc.field) from exc
+    except TypeError as exc:  # an option the config does not have
+        raise LaunchError(str(exc)) from exc
+
+
+def _create(*, kind: str, options: dict[str, Any], name: str = "", created_by=None, resumed_from=None,
+            output_dir: str | Path | None = None, enqueue: bool, **sources: Any) -> tuple[TrainingRun, Any]:
+    written: list[Path] = []
+    try:
+        with transaction.atomic():
+            inputs = INPUTS[kind](options=options, created_by=created_by, written=written, **sources)
+            run = create_run(
+                kind=kind, config={}, name=name, created_by=created_by, project=inputs.get("project"),
+                snapshot=inputs.get("snapshot"), reward_model_run=inputs.get("reward_model_run"),
+                resumed_from=resumed_from,
+            )
+            out = Path(output_dir).expanduser().resolve() if output_dir else output_dir_of(run)
+            values = {**options, **inputs["config"], "output_dir": str(out)}
+            if inputs.get("prompt_project") is not None:
+                from annotate.services.exporting import ExportError, export_prompts
+
+                try:
+                    path, _ = export_prompts(project=inputs["prompt_project"], path=out / PROMPTS_FILE)
+                except ExportError as exc:
+                    raise LaunchError(str(exc), field="prompt_project") from exc
+                written.append(path)
+                values["prompts"] = str(path)
+            config = build_config(kind=kind, values=values)
+            run.config = config_to_dict(config)
+            run.output_dir = str(out)
+            run.log_path = str(run_log_path(kind=kind, run_id=run.pk, output_dir=out))
+            if enqueue:
+                run.task_id = str(execute_training_run.enqueue(run.pk).id)
+            run.save(update_fields=["config", "output_dir", "log_path", "task_id"])
+    except BaseException:
+        for path in written:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
+    logger.info("launched %s run %s (task %s) into %s", kind, run.pk, run.task_id or "-", out)
+    return run, config
+
+
+def launch_run(*, kind: str, options: dict[str, Any], **launch: Any) -> TrainingRun:
+    """Queue a run for the worker (see the module docstring); `launch` holds name, created_by, project (a link),
+    the kind's sources (RM: snapshot, or export_project + export_options; PPO: reward_model_run, prompt_project),
+    resumed_from and output_dir."""
+    run, _ = _create(kind=kind, options=options, enqueue=True, **launch)
+    return run
+
+
+def record_run(*, kind: str, options: dict[str, Any], **launch: Any) -> tuple[TrainingRun, Any]:
+    """Record a run that the caller (a command) trains in its own process; returns it with its config."""
+    return _create(kind=kind, options=options, enqueue=False, **launch)
+
+
+# --- actions on a run, checked against its state ---------------------------------------------------------
+
+
+def cancel_run(*, run: TrainingRun) -> TrainingRun:
+    """Graceful stop: the trainer sees `should_stop()`, writes a checkpoint and ends as cancelled. A queued
+    run that no worker has picked up is cancelled at once."""
+    run.refresh_from_db()
+    if not run.is_active:
+        raise RunConflict(f"Run {run.pk} has already ended ({run.get_status_display().lower()}).")
+    request_cancel(run=run)
+    return run
+
+
+ENDED_UNFINISHED = (TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED)
+
+
+def can_resume(run: TrainingRun) -> bool:
+    """Cut off (failed or cancelled) with a checkpoint to continue from (what the run page offers)."""
+    return run.status in ENDED_UNFINISHED and run.checkpoints.exists()
+
+
+def resume_run(*, run: TrainingRun, created_by=None) -> TrainingRun:
+    """A new run that continues `run`: same config and output directory with resume on, so the trainer loads
+    the last checkpoint there; without a checkpoint, a retry from scratch in a fresh directory.
+
+    Idempotent: while a resumption of `run` is queued or running, that one is returned (a double click
+    launches one run). Refused (RunConflict) while `run` itself is active, or when it succeeded."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run.pk)
+        live = run.resumes.filter(status__in=TrainingRun.ACTIVE_STATUSES).order_by("-created_at").first()
+        if live is not None:
+            return live
+        if run.is_active:
+            raise RunConflict(f"Run {run.pk} is still {run.get_status_display().lower()}; cancel it first.")
+        if run.status not in ENDED_UNFINISHED:
+            raise RunConflict(f"Run {run.pk} succeeded; there is nothing to resume. Launch a new run instead.")
+        options = dict(run.config or {})
+        options.pop("output_dir", None)
+        resuming = run.checkpoints.exists()
+        options["resume"] = "last" if resuming else ""
+        verb = "resume" if resuming else "retry"
+        return launch_run(
+            kind=run.kind, options=options, created_by=created_by, name=(run.name or f"run {run.pk}") + f" ({verb})",
+            project=run.project, snapshot=run.snapshot, reward_model_run=run.reward_model_run, resumed_from=run,
+            output_dir=run.output_dir if resuming else None,
+        )
