@@ -133,7 +133,7 @@ def prompt_token_ids(policy: Path, prompts: Path) -> list[list[int]]:
     """The training prompts exactly as this trainer encodes them (sampling.encode_prompts: the tokenizer's own
     special tokens, no trailing EOS, the last MAX_PROMPT_LENGTH tokens), handed to TRL as its dataset."""
     from training.rlhf.policy import load_policy_tokenizer
-    from training.rlhf.ppo_trainer import load_prompts
+    from training.rlhf.prompts import load_prompts
     from training.rlhf.sampling import encode_prompts
 
     tokenizer = load_policy_tokenizer(str(policy))

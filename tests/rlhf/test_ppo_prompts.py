@@ -1,5 +1,5 @@
 """Prompt files, the held-out split, demo-task detection, the prompt order across iterations and processes,
-and the win rate (training.rlhf.ppo_trainer)."""
+and the win rate (training/rlhf/prompts.py, training/rlhf/ppo_eval.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import json
 import pytest
 
 from training.rlhf.demo_task import demo_prompts
-from training.rlhf.ppo_trainer import (
+from training.rlhf.ppo_eval import win_rate
+from training.rlhf.prompts import (
     PromptRecord,
     PromptStream,
     is_demo_task,
     load_prompts,
     load_texts,
     split_prompts,
-    win_rate,
 )
 
 

@@ -11,18 +11,18 @@ Huang et al. 2024, arXiv 2403.17031; Ziegler et al. 2019). Every iteration reads
     3  rewards           r_t = −β·KL_t, plus the score at the last real token
     4  values & GAE      advantages and returns (γ = 1, λ = 0.95)
     5  whitening         advantages whitened over real tokens (rewards optionally)
-    6  PPO epochs        reshuffled mini-batches → micro-batches with gradient accumulation; clipped
-                         surrogate + vf_coef · clipped value loss (+ ptx_coef · LM loss)
-    7  optimizer step    gradient clipping, AdamW, warm-up + cosine schedule (per mini-batch)
+    6  PPO epochs        `ppo_update`: reshuffled mini-batches → micro-batches with gradient accumulation;
+                         clipped surrogate + vf_coef · clipped value loss (+ ptx_coef · LM loss)
+    7  optimizer step    gradient clipping, AdamW, warm-up + cosine schedule (per mini-batch, in ppo_update)
     8  KL controller     adapt β towards the target KL (or keep it fixed)
     9  metrics           reward, RM score, KL, β, entropy, approx-KL, clip fractions, losses, explained
                          variance, ratio, response length, EOS rate, tokens/s … through the reporter
     10 samples           a sample table every `sample_every` iterations
     11 checkpoint        every `checkpoint_every` iterations, and on a graceful stop
 
-Around the loop: models (policy.py), resume, the evaluation before and after on held-out prompts (RM score,
-KL to the reference, win rate against the starting policy, the demo oracle), and the final policy (Hugging
-Face format) and value model. Batch sizes are per process; under `accelerate launch` each process draws
+Around the loop: the prompts (prompts.py), models (policy.py), resume, the evaluation before and after on
+held-out prompts (ppo_eval.py: RM score, KL to the reference, win rate against the starting policy, the demo
+oracle), and the final policy (Hugging Face format) and value model, reported through `on_outputs`. Batch sizes are per process; under `accelerate launch` each process draws
 different prompts with its own seed offset and gradients are averaged by DDP.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from collections import OrderedDict
@@ -42,7 +41,7 @@ from typing import Any
 
 import torch
 
-from training.rlhf import demo_task
+from training.rlhf import demo_task, ppo_eval
 from training.rlhf.advantages import compute_gae, explained_variance, masked_mean, masked_whiten
 from training.rlhf.configs import ConfigError, config_to_dict, load_config, save_config
 from training.rlhf.kl import AdaptiveKLController, FixedKLController, kl_k1, make_kl_controller, per_token_kl
@@ -56,6 +55,7 @@ from training.rlhf.optim import (
 from training.rlhf.policy import ModelSettings, PPOModels, build_ppo_models, is_peft_model, save_policy
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.ppo_loss import clipped_policy_loss, clipped_value_loss, language_model_loss
+from training.rlhf.prompts import PromptStream, is_demo_task, load_prompts, load_texts, split_prompts
 from training.rlhf.reporter import NullReporter, Reporter
 from training.rlhf.reward_model import pad_sequences
 from training.rlhf.rollout import (
@@ -77,8 +77,6 @@ from training.rlhf.sampling import encode_prompts, left_pad
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.json"
-EVALUATION_FILE = "evaluation.json"
-EVAL_BEFORE_FILE = "evaluation_before.json"
 # Options that must not change between a checkpoint and the run resuming it (the trajectory depends on them).
 RESUME_INVARIANTS = ("policy", "reward_model", "prompts", "rollout_batch_size", "mini_batch_size",
                      "micro_batch_size", "ppo_epochs", "lora", "critic_lora", "critic_init", "lora_r",
@@ -98,130 +96,6 @@ class PPOResult:
     checkpoint: Path | None = None  # the newest checkpoint written
     evaluation: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # the last iteration's
-
-
-# --- prompts ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptRecord:
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def load_prompts(path: str | Path) -> list[PromptRecord]:
-    """Prompts from a file: JSONL with a "prompt" field per line (optional "metadata" dict), or plain text with
-    one prompt per line (blank lines skipped). A file whose first non-blank line starts with "{" is JSONL."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"prompt file not found: {file}")
-    lines = file.read_text(encoding="utf-8").splitlines()
-    first = next((line for line in lines if line.strip()), "")
-    records: list[PromptRecord] = []
-    if first.lstrip().startswith("{"):
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{number}: not valid JSON ({exc.msg})") from exc
-            prompt = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{file}:{number}: a JSONL prompt line needs a non-empty \"prompt\" string")
-            metadata = row.get("metadata") or {}
-            if not isinstance(metadata, dict):
-                raise ValueError(f"{file}:{number}: \"metadata\" must be an object")
-            records.append(PromptRecord(prompt, metadata))
-    else:
-        records = [PromptRecord(line) for line in lines if line.strip()]
-    if not records:
-        raise ValueError(f"{file}: no prompts")
-    return records
-
-
-def load_texts(path: str | Path) -> list[str]:
-    """Texts for PPO-ptx: JSONL with "text" (or "prompt" + "response") per line, or plain text lines."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"ptx dataset not found: {file}")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        if line.lstrip().startswith("{"):
-            row = json.loads(line)
-            text = row.get("text") if "text" in row else str(row.get("prompt", "")) + str(row.get("response", ""))
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{file}:{number}: needs a \"text\" (or \"prompt\" and \"response\") string")
-            texts.append(text)
-        else:
-            texts.append(line)
-    if not texts:
-        raise ValueError(f"{file}: no texts")
-    return texts
-
-
-def is_demo_task(records: Sequence[PromptRecord], task: str) -> bool:
-    """Whether the demo oracle applies: forced by `task`, or (auto) every record says metadata.task == "demo"
-    or every prompt is one of the demo task's prompts."""
-    if task != "auto":
-        return task == "demo"
-    if not records:
-        return False
-    if all(r.metadata.get("task") == demo_task.DEMO_TASK for r in records):
-        return True
-    pool = set(demo_task.demo_prompts(n=200, seed=0, split="all"))
-    return all(r.text in pool for r in records)
-
-
-def split_prompts(
-    records: list[PromptRecord], *, eval_fraction: float, max_eval: int, seed: int
-) -> tuple[list[PromptRecord], list[PromptRecord]]:
-    """(train, held-out) split of distinct prompt texts, seeded; at least one prompt stays for training."""
-    if eval_fraction <= 0:
-        return records, []
-    texts = sorted({r.text for r in records})
-    random.Random(f"ppo-eval-split/{seed}").shuffle(texts)
-    n_eval = min(max_eval, max(1, round(len(texts) * eval_fraction)), len(texts) - 1)
-    held_out = set(texts[:n_eval])
-    return [r for r in records if r.text not in held_out], [r for r in records if r.text in held_out][:max_eval]
-
-
-class PromptStream:
-    """The order prompts are drawn in: an epoch-seeded permutation of all training prompts, consumed in global
-    batches (rollout_batch_size × processes); each process takes its own slice. Resumable (epoch, cursor)."""
-
-    def __init__(self, size: int, *, seed: int) -> None:
-        self.size = size
-        self.seed = seed
-        self.epoch = 0
-        self.cursor = 0
-
-    def _order(self, epoch: int) -> list[int]:
-        order = list(range(self.size))
-        random.Random(f"ppo-prompts/{self.seed}/{epoch}").shuffle(order)
-        return order
-
-    def next_batch(self, batch_size: int, *, rank: int = 0, world: int = 1) -> list[int]:
-        needed = batch_size * world
-        taken: list[int] = []
-        while len(taken) < needed:
-            order = self._order(self.epoch)
-            chunk = order[self.cursor : self.cursor + needed - len(taken)]
-            taken.extend(chunk)
-            self.cursor += len(chunk)
-            if self.cursor >= self.size:
-                self.epoch += 1
-                self.cursor = 0
-        return taken[rank * batch_size : (rank + 1) * batch_size]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "size": self.size}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["size"]) != self.size:
-            raise ValueError(f"the checkpoint drew from {state['size']} prompts, this run has {self.size}")
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
 
 # --- trainer state (checkpointed) ----------------------------------------------------------------------------------
@@ -365,7 +239,7 @@ def resolve_stop_ids(tokenizer, stop_token: str) -> list[int]:
     return [int(stop_id)] + ([int(eos)] if eos is not None and eos != stop_id else [])
 
 
-class _Runtime:
+class PolicyRuntime:
     """The pieces the loop and the evaluation share: models, tokenizer ids, the RM prompt cache."""
 
     def __init__(self, config: PPOConfig, models: PPOModels, accelerator) -> None:
@@ -469,72 +343,6 @@ class _Runtime:
         return torch.cat(out)
 
 
-def evaluate_policy(runtime: _Runtime, actor, critic, prompts: Sequence[PromptRecord], *, which: str,
-                    demo: bool, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Sample one response per held-out prompt from the starting policy (`which="before"`, the reference) or
-    the trained actor ("after"), with a fixed seed, and measure: mean calibrated RM score, KL to the reference
-    (Σ_t k1 per response, averaged), response length, EOS rate and, on demo prompts, the oracle score.
-
-    Returns (summary, rows); rows carry each prompt's score for the win rate. Each process evaluates its own
-    share of the prompts; the summary is over all of them.
-    """
-    from accelerate.utils import gather_object
-
-    accelerator = runtime.accelerator
-    mine = list(prompts)[accelerator.process_index :: accelerator.num_processes]
-    rows: list[dict[str, Any]] = []
-    size = runtime.config.generation_batch_size
-    for start in range(0, len(mine), size):
-        texts = [p.text for p in mine[start : start + size]]
-        if which == "before":
-            with runtime.models.reference_model(actor) as reference:
-                batch = runtime.sample(reference, texts, critic, seed=seed + start)
-                policy_logprobs = runtime.logprobs(reference, batch.sequences)
-        else:
-            batch = runtime.sample(actor, texts, critic, seed=seed + start)
-            policy_logprobs = runtime.logprobs(actor, batch.sequences)
-        ref_logprobs = runtime.reference_logprobs(actor, batch.sequences)
-        kl = (kl_k1(policy_logprobs, ref_logprobs) * batch.response_mask).sum(dim=1)
-        lengths = response_lengths(batch.response_mask)
-        for b, prompt in enumerate(texts):
-            row = {"prompt": prompt, "response": batch.response_texts[b], "score": float(batch.rm_scores[b]),
-                   "kl": float(kl[b]), "length": int(lengths[b]), "eos": bool(batch.has_stop[b])}
-            if demo:
-                row["oracle"] = demo_task.oracle_score(prompt, batch.response_texts[b])
-            rows.append(row)
-    rows = gather_object(rows) if accelerator.num_processes > 1 else rows
-    n = max(1, len(rows))
-    summary: dict[str, Any] = {
-        "n_prompts": len(rows),
-        "rm_score": sum(r["score"] for r in rows) / n,
-        "kl": sum(r["kl"] for r in rows) / n,
-        "response_length": sum(r["length"] for r in rows) / n,
-        "eos_rate": sum(r["eos"] for r in rows) / n,
-    }
-    if demo:
-        summary["oracle_score"] = sum(r["oracle"] for r in rows) / n
-    return summary, rows
-
-
-def win_rate(after_rows: Sequence[dict[str, Any]], before_rows: Sequence[dict[str, Any]]) -> float:
-    """Share of held-out samples where the new policy's response outscores the starting policy's under the RM
-    (ties count half). Rows are paired by prompt and by occurrence (the k-th sample of a prompt after training
-    against its k-th sample before), so a prompt listed several times is compared several times."""
-    before: dict[str, list[float]] = {}
-    for row in before_rows:
-        before.setdefault(row["prompt"], []).append(row["score"])
-    seen: dict[str, int] = {}
-    pairs = []
-    for row in after_rows:
-        k = seen.get(row["prompt"], 0)
-        seen[row["prompt"]] = k + 1
-        if k < len(before.get(row["prompt"], [])):
-            pairs.append((row["score"], before[row["prompt"]][k]))
-    if not pairs:
-        return float("nan")
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
-
-
 # --- the trainer -------------------------------------------------------------------------------------------------
 
 
@@ -582,6 +390,100 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+@dataclass
+class UpdateBatch:
+    """One iteration's rollout, ready for the PPO update; tensors are (B, R) over response tokens."""
+
+    sequences: Sequences
+    mask: torch.Tensor  # 1 on real response tokens
+    logprobs: torch.Tensor  # log π_old at the sampling temperature
+    values: torch.Tensor  # V_old, masked
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    lengths: torch.Tensor  # (B,) response lengths
+
+
+UPDATE_STATS = ("policy_loss", "value_loss", "ptx_loss", "loss", "clip_fraction", "value_clip_fraction",
+                "approx_kl", "ratio_mean", "entropy", "grad_norm_actor", "grad_norm_critic")
+
+
+def ppo_update(
+    batch: UpdateBatch, *, config: PPOConfig, accelerator, actor, critic, optimizers: tuple, schedulers: tuple,
+    shuffle: torch.Generator, ptx_ids: Sequence[list[int]] = (), ptx_stream: PromptStream | None = None,
+    pad_id: int = 0,
+) -> dict[str, float]:
+    """The PPO epochs over one rollout; returns the means of the update's statistics (losses, clip
+    fractions, approx-KL, ratio, entropy, gradient norms; a statistic never measured is left out).
+
+    Each epoch reshuffles the rows (`shuffle`, checkpointed with the run) into mini-batches; each mini-batch
+    is one optimizer step of both models, accumulated over its micro-batches (DDP syncs on the last one):
+    clipped surrogate + vf_coef · clipped value loss (+ ptx_coef · LM loss on `ptx_ids` drawn from
+    `ptx_stream`), then gradient clipping, AdamW and the schedule.
+    """
+    opt_actor, opt_critic = optimizers
+    sched_actor, sched_critic = schedulers
+    actor.train()
+    critic.train()
+    stats: dict[str, list[float]] = {name: [] for name in UPDATE_STATS}
+    rows_total = batch.sequences.input_ids.shape[0]
+    for _epoch in range(config.ppo_epochs):
+        order = torch.randperm(rows_total, generator=shuffle).to(accelerator.device)
+        for mb_start in range(0, rows_total, config.mini_batch_size):
+            micro_batches = order[mb_start : mb_start + config.mini_batch_size].split(config.micro_batch_size)
+            for k, micro in enumerate(micro_batches):
+                # 6a. one micro-batch, trimmed to its longest response: losses, backward (scaled)
+                width = int(batch.lengths[micro].max())
+                mb_sequences = select_rows(batch.sequences, micro, trim_to=width)
+                mb_mask = batch.mask[micro, :width]
+                with _no_sync_unless(accelerator, k == len(micro_batches) - 1, (actor, critic)):
+                    with accelerator.autocast():
+                        new_logprobs, entropy = response_logprobs(actor, mb_sequences,
+                                                                  temperature=config.temperature, with_entropy=True)
+                        pg = clipped_policy_loss(new_logprobs, batch.logprobs[micro, :width],
+                                                 batch.advantages[micro, :width], mb_mask,
+                                                 cliprange=config.cliprange)
+                        new_values = response_values(critic, mb_sequences)
+                        vf = clipped_value_loss(new_values, batch.values[micro, :width], batch.returns[micro, :width],
+                                                mb_mask, cliprange_value=config.cliprange_value)
+                        loss = pg.loss + config.vf_coef * vf.loss
+                        if ptx_ids:
+                            ptx_loss = _ptx_loss(actor, ptx_ids, ptx_stream, config=config, pad_id=pad_id,
+                                                 device=accelerator.device)
+                            loss = loss + config.ptx_coef * ptx_loss
+                            stats["ptx_loss"].append(float(ptx_loss.detach()))
+                    accelerator.backward(loss / config.gradient_accumulation_steps)
+                stats["policy_loss"].append(float(pg.loss.detach()))
+                stats["value_loss"].append(float(vf.loss.detach()))
+                stats["loss"].append(float(loss.detach()))
+                stats["clip_fraction"].append(float(pg.clip_fraction))
+                stats["value_clip_fraction"].append(float(vf.clip_fraction))
+                stats["approx_kl"].append(float(pg.approx_kl))
+                stats["ratio_mean"].append(float(pg.ratio_mean))
+                stats["entropy"].append(float(masked_mean(entropy, mb_mask)))
+
+            # 7. gradient clipping, AdamW, warm-up + cosine schedule (once per mini-batch)
+            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+            stats["grad_norm_actor"].append(float(accelerator.clip_grad_norm_(actor.parameters(), max_norm)))
+            stats["grad_norm_critic"].append(float(accelerator.clip_grad_norm_(critic.parameters(), max_norm)))
+            opt_actor.step()
+            opt_critic.step()
+            sched_actor.step()
+            sched_critic.step()
+            opt_actor.zero_grad(set_to_none=True)
+            opt_critic.zero_grad(set_to_none=True)
+    return {name: _mean(values) for name, values in stats.items() if values}
+
+
+def _ptx_loss(actor, ptx_ids: Sequence[list[int]], stream: PromptStream, *, config: PPOConfig, pad_id: int,
+              device) -> torch.Tensor:
+    """PPO-ptx (InstructGPT §3.5): the language-modelling loss on the next `ptx_batch_size` ptx texts."""
+    rows = [ptx_ids[i] for i in stream.next_batch(config.ptx_batch_size)]
+    ptx_input, ptx_mask = pad_sequences(rows, pad_id=pad_id, side="right")
+    ptx_input, ptx_mask = ptx_input.to(device), ptx_mask.to(device)
+    logits = actor(input_ids=ptx_input, attention_mask=ptx_mask, use_cache=False).logits
+    return language_model_loss(logits, ptx_input, ptx_mask)
+
+
 def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResult:
     """Run PPO as configured; returns a `PPOResult`. Resumable (config.resume), stoppable (reporter.should_stop)."""
     from accelerate import Accelerator
@@ -604,6 +506,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         save_config(config, output_dir / "config.json")
     seed_everything(config.seed, rank=accelerator.process_index)
 
+    # 0a. prompts: training and held-out (prompts.py)
     records = load_prompts(config.prompts)
     if config.eval_prompts:
         train_records, eval_records = records, load_prompts(config.eval_prompts)[: config.eval_max_prompts]
@@ -616,6 +519,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
                   f"{config.rollout_batch_size} rollouts × {accelerator.num_processes} process(es); "
                   f"derived sizes {config.derived()}")
 
+    # 0b. models (policy.py), the ptx texts, optimizers and schedules
     models = build_ppo_models(_model_settings(config, frozen_dtype=torch.bfloat16 if bf16 else torch.float32),
                               device=accelerator.device)
     limit = getattr(models.actor.config, "max_position_embeddings", None) or getattr(
@@ -623,7 +527,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     if limit is not None and config.max_prompt_length + config.response_length > limit:
         raise ConfigError("response_length", f"max_prompt_length + response_length = "
                           f"{config.max_prompt_length + config.response_length} exceeds the policy's {limit} positions")
-    runtime = _Runtime(config, models, accelerator)
+    runtime = PolicyRuntime(config, models, accelerator)
     ptx_ids: list[list[int]] = []
     if config.ptx_coef > 0:
         max_len = config.max_prompt_length + config.response_length
@@ -641,6 +545,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     unwrapped_actor = accelerator.unwrap_model(actor)
     unwrapped_critic = accelerator.unwrap_model(critic)
 
+    # 0c. the KL controller and the trainer state, checkpointed with the models
     kl_ctl = make_kl_controller(config.init_kl_coef, target=config.kl_target if config.adaptive_kl else None,
                                 horizon=config.kl_horizon)
     shuffle = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index)
@@ -670,30 +575,28 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         flag = torch.tensor(1.0 if report.should_stop() else 0.0, device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum") > 0)
 
+    # 0d. resume: models, optimizers, schedules, KL controller, trainer state, the saved "before" evaluation
     result = PPOResult(output_dir=output_dir, iterations=0)
     evaluation: dict[str, Any] = {}
     before_rows: list[dict[str, Any]] = []
     if resume_from is not None:
         accelerator.load_state(str(resume_from), strict=False)
         report.on_log(f"resumed from {resume_from} at iteration {state.iteration} (β = {kl_ctl.value:.4g})")
-        saved_before = output_dir / EVAL_BEFORE_FILE
-        if saved_before.exists():
-            stored = json.loads(saved_before.read_text(encoding="utf-8"))
-            evaluation["before"], before_rows = stored["summary"], stored["rows"]
-
+        saved_before = ppo_eval.load_before(output_dir)
+        if saved_before is not None:
+            evaluation["before"], before_rows = saved_before
     report.on_start(total_steps=config.num_iterations, start_step=state.iteration)
 
-    # Evaluation before training (the starting policy = the reference), with a fixed seed.
+    # 0e. evaluation before training (the starting policy = the reference), with a fixed seed (ppo_eval.py)
     eval_seed = config.seed + 104729
     if config.evaluate and eval_records and "before" not in evaluation:
-        summary, before_rows = evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, eval_records,
-                                               which="before", demo=demo, seed=eval_seed)
+        summary, before_rows = ppo_eval.evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, eval_records,
+                                                        which="before", demo=demo, seed=eval_seed)
         evaluation["before"] = summary
         if main:
-            (output_dir / EVAL_BEFORE_FILE).write_text(
-                json.dumps({"summary": summary, "rows": before_rows}, indent=2) + "\n", encoding="utf-8")
+            ppo_eval.save_before(output_dir, summary, before_rows)
             report.on_evaluation({"before": summary})
-            report.on_log(f"evaluation before: {_format(summary)}")
+            report.on_log(f"evaluation before: {ppo_eval.format_summary(summary)}")
 
     world = accelerator.num_processes
     metrics: dict[str, float] = {}
@@ -739,63 +642,14 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         if config.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
-        # 6. PPO epochs over reshuffled mini-batches, micro-batches with gradient accumulation
+        # 6–7. PPO epochs over reshuffled mini-batches (micro-batches, gradient accumulation), optimizer steps
         optimise_started = time.perf_counter()
-        actor.train()
-        critic.train()
         lengths = response_lengths(mask)
-        stats: dict[str, list[float]] = {k: [] for k in (
-            "policy_loss", "value_loss", "ptx_loss", "loss", "clip_fraction", "value_clip_fraction", "approx_kl",
-            "ratio_mean", "entropy", "grad_norm_actor", "grad_norm_critic")}
-        rows_total = sequences.input_ids.shape[0]
-        for _epoch in range(config.ppo_epochs):
-            order = torch.randperm(rows_total, generator=state.shuffle).to(accelerator.device)
-            for mb_start in range(0, rows_total, config.mini_batch_size):
-                mini = order[mb_start : mb_start + config.mini_batch_size]
-                micro_batches = mini.split(config.micro_batch_size)
-                for k, micro in enumerate(micro_batches):
-                    width = int(lengths[micro].max())
-                    mb_sequences = select_rows(sequences, micro, trim_to=width)
-                    mb_mask = mask[micro, :width]
-                    with _no_sync_unless(accelerator, k == len(micro_batches) - 1, (actor, critic)):
-                        with accelerator.autocast():
-                            new_logprobs, entropy = response_logprobs(actor, mb_sequences,
-                                                                      temperature=config.temperature,
-                                                                      with_entropy=True)
-                            pg = clipped_policy_loss(new_logprobs, logprobs[micro, :width], advantages[micro, :width],
-                                                     mb_mask, cliprange=config.cliprange)
-                            new_values = response_values(critic, mb_sequences)
-                            vf = clipped_value_loss(new_values, values[micro, :width], returns[micro, :width],
-                                                    mb_mask, cliprange_value=config.cliprange_value)
-                            loss = pg.loss + config.vf_coef * vf.loss
-                            if ptx_ids:
-                                ptx_rows = [ptx_ids[i] for i in state.ptx.next_batch(config.ptx_batch_size)]
-                                ptx_input, ptx_mask = pad_sequences(ptx_rows, pad_id=runtime.pad_id, side="right")
-                                ptx_input, ptx_mask = ptx_input.to(accelerator.device), ptx_mask.to(accelerator.device)
-                                ptx_logits = actor(input_ids=ptx_input, attention_mask=ptx_mask, use_cache=False).logits
-                                ptx_loss = language_model_loss(ptx_logits, ptx_input, ptx_mask)
-                                loss = loss + config.ptx_coef * ptx_loss
-                                stats["ptx_loss"].append(float(ptx_loss.detach()))
-                        accelerator.backward(loss / config.gradient_accumulation_steps)
-                    stats["policy_loss"].append(float(pg.loss.detach()))
-                    stats["value_loss"].append(float(vf.loss.detach()))
-                    stats["loss"].append(float(loss.detach()))
-                    stats["clip_fraction"].append(float(pg.clip_fraction))
-                    stats["value_clip_fraction"].append(float(vf.clip_fraction))
-                    stats["approx_kl"].append(float(pg.approx_kl))
-                    stats["ratio_mean"].append(float(pg.ratio_mean))
-                    stats["entropy"].append(float(masked_mean(entropy, mb_mask)))
-
-                # 7. gradient clipping, AdamW, warm-up + cosine schedule
-                max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-                stats["grad_norm_actor"].append(float(accelerator.clip_grad_norm_(actor.parameters(), max_norm)))
-                stats["grad_norm_critic"].append(float(accelerator.clip_grad_norm_(critic.parameters(), max_norm)))
-                opt_actor.step()
-                opt_critic.step()
-                sched_actor.step()
-                sched_critic.step()
-                opt_actor.zero_grad(set_to_none=True)
-                opt_critic.zero_grad(set_to_none=True)
+        update = UpdateBatch(sequences, mask, logprobs, values, advantages, returns, lengths)
+        update_stats = ppo_update(update, config=config, accelerator=accelerator, actor=actor, critic=critic,
+                                  optimizers=(opt_actor, opt_critic), schedulers=(sched_actor, sched_critic),
+                                  shuffle=state.shuffle, ptx_ids=ptx_ids, ptx_stream=state.ptx,
+                                  pad_id=runtime.pad_id)
         optimise_s = time.perf_counter() - optimise_started
 
         # 8. KL controller: adapt β to the measured KL (Σ_t k1 per response, averaged over all processes)
@@ -827,7 +681,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
             "optimise_s": optimise_s,
             "lr": float(sched_actor.get_last_lr()[0]),
             "critic_lr": float(sched_critic.get_last_lr()[0]),
-            **{name: _mean(values_) for name, values_ in stats.items() if values_},
+            **update_stats,
         }
         if demo:
             local["oracle_score"] = _mean([demo_task.oracle_score(p, r)
@@ -849,15 +703,8 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
 
         # 10. sample table
         if config.sample_every and (state.iteration % config.sample_every == 0 or state.iteration == 1):
-            rows = []
-            for b in range(min(config.samples_per_table, len(prompt_texts))):
-                row = {"prompt": prompt_texts[b], "response": batch.response_texts[b],
-                       "reward": float(sequence_reward[b]), "score": float(batch.rm_scores[b]),
-                       "kl": float(kl[b].sum()), "length": int(lengths[b]), "eos": bool(batch.has_stop[b])}
-                if demo:
-                    row["oracle"] = demo_task.oracle_score(prompt_texts[b], batch.response_texts[b])
-                rows.append(row)
-            report.on_samples(state.iteration, rows)
+            report.on_samples(state.iteration, _sample_rows(batch, sequence_reward, kl, lengths,
+                                                            limit=config.samples_per_table, demo=demo))
 
         # 11. checkpoint
         if config.checkpoint_every and state.iteration % config.checkpoint_every == 0:
@@ -866,36 +713,33 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     # 12. the final policy (Hugging Face format + tokenizer) and value model
     policy_dir = output_dir / "policy"
     value_dir = output_dir / "value_model"
+    adapter_dir = output_dir / "policy_adapter"
     lora_actor = is_peft_model(unwrapped_actor)
     if main:
         if lora_actor:
-            unwrapped_actor.save_pretrained(str(output_dir / "policy_adapter"))
-            models.tokenizer.save_pretrained(str(output_dir / "policy_adapter"))
+            unwrapped_actor.save_pretrained(str(adapter_dir))
+            models.tokenizer.save_pretrained(str(adapter_dir))
         else:
             save_policy(unwrapped_actor, models.tokenizer, policy_dir)
         unwrapped_critic.save_pretrained(value_dir, tokenizer=models.tokenizer)
 
     # 13. evaluation after training: the same prompts and seed as before; win rate against the start
     if config.evaluate and eval_records:
-        summary, after_rows = evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, eval_records,
-                                              which="after", demo=demo, seed=eval_seed)
-        summary["win_rate"] = win_rate(after_rows, before_rows)
-        evaluation["after"] = summary
+        summary, after_rows = ppo_eval.evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, eval_records,
+                                                       which="after", demo=demo, seed=eval_seed)
+        evaluation = ppo_eval.after_report(summary, after_rows, evaluation, before_rows)
         if main:
-            before = evaluation.get("before", {})
-            evaluation["delta"] = {k: summary[k] - before[k] for k in ("rm_score", "kl", "oracle_score")
-                                   if k in summary and k in before}
-            (output_dir / EVALUATION_FILE).write_text(json.dumps(
-                {**evaluation, "after_samples": after_rows[:32], "before_samples": before_rows[:32]},
-                indent=2) + "\n", encoding="utf-8")
+            ppo_eval.save_report(output_dir, evaluation, after_rows, before_rows)
             report.on_evaluation(evaluation)
-            report.on_log(f"evaluation after: {_format(summary)}")
+            report.on_log(f"evaluation after: {ppo_eval.format_summary(summary)}")
     if main and lora_actor:  # merge last: the evaluation above still needed the adapter-disabled reference
         save_policy(unwrapped_actor, models.tokenizer, policy_dir)
+
+    # 14. what the run wrote, for the reporter (the run records it)
     if main:
         outputs = {"policy": str(policy_dir), "value_model": str(value_dir)}
         if lora_actor:
-            outputs["policy_adapter"] = str(output_dir / "policy_adapter")
+            outputs["policy_adapter"] = str(adapter_dir)
         report.on_outputs(outputs)
     accelerator.wait_for_everyone()
     result.iterations = state.iteration
@@ -904,8 +748,18 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     return result
 
 
-def _format(summary: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items())
+def _sample_rows(batch: RolloutBatch, sequence_reward: torch.Tensor, kl: torch.Tensor, lengths: torch.Tensor, *,
+                 limit: int, demo: bool) -> list[dict[str, Any]]:
+    """The first `limit` rollouts of an iteration as sample-table rows."""
+    rows = []
+    for b in range(min(limit, len(batch.prompt_texts))):
+        row = {"prompt": batch.prompt_texts[b], "response": batch.response_texts[b],
+               "reward": float(sequence_reward[b]), "score": float(batch.rm_scores[b]),
+               "kl": float(kl[b].sum()), "length": int(lengths[b]), "eos": bool(batch.has_stop[b])}
+        if demo:
+            row["oracle"] = demo_task.oracle_score(batch.prompt_texts[b], batch.response_texts[b])
+        rows.append(row)
+    return rows
 
 
 def load_ppo_config(path: str | Path) -> PPOConfig:
@@ -914,6 +768,6 @@ def load_ppo_config(path: str | Path) -> PPOConfig:
 
 
 __all__ = [
-    "AdaptiveKLController", "FixedKLController", "PPOConfig", "PPOResult", "PromptRecord", "evaluate_policy",
-    "is_demo_task", "load_ppo_config", "load_prompts", "split_prompts", "train_ppo", "win_rate",
+    "AdaptiveKLController", "FixedKLController", "PPOConfig", "PPOResult", "PolicyRuntime", "UpdateBatch",
+    "load_ppo_config", "ppo_update", "train_ppo",
 ]
