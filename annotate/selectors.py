@@ -30,13 +30,6 @@ def start_of_today(now: datetime | None = None) -> datetime:
     return timezone.make_aware(datetime.combine(local.date(), time.min), timezone.get_current_timezone())
 
 
-def done_today(*, annotator, project: Project | None = None, now: datetime | None = None) -> int:
-    qs = Ranking.objects.filter(annotator=annotator, created_at__gte=start_of_today(now))
-    if project is not None:
-        qs = qs.filter(prompt__project=project)
-    return qs.count()
-
-
 @dataclass(frozen=True)
 class ProjectProgress:
     project: Project

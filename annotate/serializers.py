@@ -36,12 +36,6 @@ class ProjectProgressSerializer(serializers.Serializer):
     is_member = serializers.BooleanField()
 
 
-class TaskResponseSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    label = serializers.CharField(help_text="A, B, C… in display order.")
-    text = serializers.CharField()
-
-
 class DraftSerializer(serializers.Serializer):
     revision = serializers.IntegerField(min_value=0, help_text="The revision your edit is based on (0: no draft yet).")
     state = serializers.JSONField(

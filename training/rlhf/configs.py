@@ -34,10 +34,6 @@ def option(default: Any, help: str, *, choices: tuple | None = None, cli: bool =
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def field_help(config_cls: type, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(config_cls) if f.name == name)
-
-
 def _resolved_types(config_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(config_cls)
 

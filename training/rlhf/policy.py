@@ -56,14 +56,6 @@ def is_peft_model(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def frozen_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if not p.requires_grad}
-
-
 def lora_config(
     model: nn.Module, *, r: int, alpha: float, dropout: float, target_modules: Sequence[str], task_type: str | None
 ):

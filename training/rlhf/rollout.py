@@ -18,7 +18,7 @@ blog "The N Implementation Details of RLHF with PPO", 2023):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -196,14 +196,6 @@ def response_values(critic: Any, sequences: Sequences) -> torch.Tensor:
     """V(x, y_<t) for every response token: the critic's output at column P − 1 + t. (B, L) → (B, R)."""
     values = critic(sequences.input_ids, sequences.attention_mask, position_ids=sequences.position_ids)
     return values[:, sequences.context_length - 1 : -1].float()
-
-
-def in_chunks(
-    function: Callable[[Sequences], Any], sequences: Sequences, batch_size: int
-) -> list[Any]:
-    """Apply `function` to row chunks of `batch_size` (no grad is the caller's business)."""
-    rows = sequences.input_ids.shape[0]
-    return [function(select_rows(sequences, slice(start, start + batch_size))) for start in range(0, rows, batch_size)]
 
 
 # --- the reward model's view ------------------------------------------------------------------------------
