@@ -1,18 +1,22 @@
-"""What the train_rm / train_ppo commands share: which process may write to the database, the checks of a
-model reference, and running a launch — a queued run (`--run-id`, as the worker does) or one recorded from the
-command's options — with the console reporter. The commands themselves only parse their arguments."""
+"""What the train_rm / train_ppo commands share (`TrainCommand`): which process may write to the database, the
+checks of a model reference, and running a launch — a queued run (`--run-id`, as the worker does) or one
+recorded from the command's options — with the console reporter. The commands themselves only parse their
+sources (what to train) and print their closing report."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 
 from training import launching, services
 from training.models import TrainingRun
+from training.rlhf.configs import add_config_arguments
+from training.runkinds import run_kind
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -81,3 +85,45 @@ def train(*, kind: str, run: TrainingRun | None, config: Any, main: bool, progre
     run.refresh_from_db()
     return run
 
+
+
+class TrainCommand(BaseCommand):
+    """The skeleton both train commands share: the common options, `--run-id` or a new run, training here, and
+    the closing report. Subclasses name their `kind`, their own source options and how a new run is made."""
+
+    kind = ""
+    own_fields: set[str] = set()  # config fields the command names itself (the rest are generated options)
+    source_options: set[str] = set()  # non-config options that choose what to train (refused with --run-id)
+
+    def add_sources(self, group) -> None:
+        raise NotImplementedError
+
+    def new_run(self, options: dict[str, Any], *, values: dict[str, Any], main: bool) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def report(self, run: TrainingRun) -> None:
+        raise NotImplementedError
+
+    def add_arguments(self, parser):
+        source = parser.add_argument_group("what to train")
+        self.add_sources(source)
+        source.add_argument("--out", "--output-dir", dest="output_dir",
+                            help=f"Output directory (default: <WORKBENCH_RUNS_ROOT>/{self.kind}-<run id>).")
+        source.add_argument("--name", default="", help="A name for the run on the dashboard.")
+        source.add_argument("--run-id", type=int, help="Execute this queued run with its stored config instead.")
+        source.add_argument("--no-progress", action="store_true", help="No progress bar (log lines only).")
+        add_config_arguments(parser, run_kind(self.kind).config_class, exclude=self.own_fields)
+
+    def handle(self, *args, **options):
+        main = is_main_process()
+        names = {f.name for f in dataclasses.fields(run_kind(self.kind).config_class)}
+        if options.get("run_id") is not None:
+            run, config = queued(kind=self.kind, options=options, config_names=names | self.source_options,
+                                 main=main)
+        else:
+            values = {k: v for k, v in options.items() if k in names - self.own_fields and v is not None}
+            run, config = self.new_run(options, values=values, main=main)
+        run = train(kind=self.kind, run=run, config=config, main=main, progress=not options["no_progress"],
+                    echo=self.stdout.write)
+        if run is not None:
+            self.report(run)

@@ -39,11 +39,6 @@ def runs_root() -> Path:
     return Path(settings.WORKBENCH_RUNS_ROOT).resolve()
 
 
-def is_inside(path: str | Path, root: Path) -> bool:
-    resolved = Path(path).resolve()
-    return resolved == root or root in resolved.parents
-
-
 def resolve_inside(path: str | Path, roots: Iterable[Path], *, must_exist: bool = True) -> Path:
     """`path` resolved (symlinks followed); OutsideRoots unless it lies inside one of `roots`."""
     text = str(path).strip()

@@ -15,18 +15,15 @@ gracefully with a checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from training import cli
 from training.launching import PROMPTS_FILE
 from training.models import TrainingRun
-from training.rlhf.configs import add_config_arguments
-from training.rlhf.ppo_config import PPOConfig
 
 OWN_FIELDS = {"policy", "reward_model", "prompts", "output_dir"}
 PROMPT_FILE_WAIT_SECONDS = 600
@@ -83,41 +80,25 @@ def wait_for_file(path: Path, *, seconds: float = PROMPT_FILE_WAIT_SECONDS) -> N
         time.sleep(0.5)
 
 
-class Command(BaseCommand):
+class Command(cli.TrainCommand):
     help = (
         "Train a policy with PPO against a reward model (InstructGPT recipe, design.md §7) and record it as a "
         "training run: config, metrics every iteration, sample tables, checkpoints, the before/after "
         "evaluation and the traceback on failure. `--run-id N` executes a queued run from its stored config."
     )
 
-    def add_arguments(self, parser):
-        source = parser.add_argument_group("what to train")
+    kind = "ppo"
+    own_fields = OWN_FIELDS
+    source_options = set()
+
+    def add_sources(self, source) -> None:
         source.add_argument("--policy", help="The policy to start from: a local checkpoint directory or a hub id.")
         source.add_argument("--reward-model", dest="reward_model",
                             help="A reward-model directory (train_rm's output) or the id of a reward-model run.")
         source.add_argument("--prompts", help="A prompt file (JSONL with \"prompt\", or one prompt per line) or the "
                                               "name of an annotation project (its prompts are exported first).")
-        source.add_argument("--out", "--output-dir", dest="output_dir",
-                            help="Output directory (default: <WORKBENCH_RUNS_ROOT>/ppo-<run id>).")
-        source.add_argument("--name", default="", help="A name for the run on the dashboard.")
-        source.add_argument("--run-id", type=int, help="Execute this queued PPO run with its stored config instead.")
-        source.add_argument("--no-progress", action="store_true", help="No progress bar (log lines only).")
-        add_config_arguments(parser, PPOConfig, exclude=OWN_FIELDS)
 
-    def handle(self, *args, **options):
-        main = cli.is_main_process()
-        names = {f.name for f in dataclasses.fields(PPOConfig)}
-        if options.get("run_id") is not None:
-            run, config = cli.queued(kind="ppo", options=options, config_names=names, main=main)
-        else:
-            run, config = self.new_run(options, names=names, main=main)
-        run = cli.train(kind="ppo", run=run, config=config, main=main, progress=not options["no_progress"],
-                        echo=self.stdout.write)
-        if run is not None:
-            self.report(run)
-
-    def new_run(self, options: dict[str, Any], *, names: set[str], main: bool):
-        values = {k: v for k, v in options.items() if k in names - OWN_FIELDS and v is not None}
+    def new_run(self, options: dict[str, Any], *, values: dict[str, Any], main: bool):
         for flag in ("policy", "reward_model", "prompts"):
             if not options.get(flag):
                 raise CommandError(f"--{flag.replace('_', '-')} is required (or --run-id N).")

@@ -12,15 +12,13 @@ touches the database. Ctrl+C (or SIGTERM) once stops gracefully with a checkpoin
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from training import cli
-from training.rlhf.configs import add_config_arguments
-from training.rlhf.rm_config import CALIBRATION_SETS, RewardModelConfig
+from training.rlhf.rm_config import CALIBRATION_SETS
 
 # Options this command names itself (the rest come from RewardModelConfig).
 OWN_FIELDS = {"dataset", "model", "output_dir"}
@@ -60,40 +58,24 @@ def check_inputs(values: dict) -> None:
         raise CommandError(f"Calibration file not found: {calibration}")
 
 
-class Command(BaseCommand):
+class Command(cli.TrainCommand):
     help = (
         "Train a reward model with the InstructGPT K-wise loss on a dataset snapshot (or any ranking dataset) "
         "and record it as a training run: status, config, metrics every step, evaluation, output directory, "
         "and the traceback on failure. `--run-id N` executes a queued run from its stored config."
     )
 
-    def add_arguments(self, parser):
-        source = parser.add_argument_group("what to train")
+    kind = "rm"
+    own_fields = OWN_FIELDS
+    source_options = {"snapshot"}
+
+    def add_sources(self, source) -> None:
         source.add_argument("--snapshot", help="A recorded DatasetSnapshot: its id or a prefix of its content hash.")
         source.add_argument("--dataset", help="Or a dataset path: snapshot directory, kwise/ directory, or one "
                                               "JSONL/Parquet file.")
         source.add_argument("--model", help="Backbone: a local checkpoint directory or a hub id.")
-        source.add_argument("--out", "--output-dir", dest="output_dir",
-                            help="Output directory (default: <WORKBENCH_RUNS_ROOT>/rm-<run id>).")
-        source.add_argument("--name", default="", help="A name for the run on the dashboard.")
-        source.add_argument("--run-id", type=int, help="Execute this queued run with its stored config instead.")
-        source.add_argument("--no-progress", action="store_true", help="No progress bar (log lines only).")
-        add_config_arguments(parser, RewardModelConfig, exclude=OWN_FIELDS)
 
-    def handle(self, *args, **options):
-        main = cli.is_main_process()
-        names = {f.name for f in dataclasses.fields(RewardModelConfig)}
-        if options.get("run_id") is not None:
-            run, config = cli.queued(kind="rm", options=options, config_names=names | {"snapshot"}, main=main)
-        else:
-            run, config = self.new_run(options, names=names, main=main)
-        run = cli.train(kind="rm", run=run, config=config, main=main, progress=not options["no_progress"],
-                        echo=self.stdout.write)
-        if run is not None:
-            self.report(run)
-
-    def new_run(self, options: dict, *, names: set[str], main: bool):
-        values = {k: v for k, v in options.items() if k in names - OWN_FIELDS and v is not None}
+    def new_run(self, options: dict, *, values: dict, main: bool):
         snapshot = None
         if options.get("snapshot") and options.get("dataset"):
             raise CommandError("Give --snapshot or --dataset, not both.")
