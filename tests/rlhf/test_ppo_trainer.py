@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.rlhf.recording import RecordingReporter
 from training.rlhf import ppo_trainer
 from training.rlhf.configs import ConfigError
 from training.rlhf.ppo_config import PPOConfig
@@ -20,42 +21,6 @@ REQUIRED_METRICS = {
     "explained_variance", "ratio_mean", "response_length", "eos_rate", "tokens_per_s", "value_clip_fraction",
     "lr", "critic_lr", "grad_norm_actor", "grad_norm_critic",
 }
-
-
-class RecordingReporter:
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.metrics: dict[int, dict[str, float]] = {}
-        self.samples: dict[int, list[dict]] = {}
-        self.checkpoints: list[tuple[int, str]] = []
-        self.evaluations: list[dict] = []
-        self.logs: list[str] = []
-        self.starts: list[tuple[int, int]] = []  # (total_steps, start_step)
-        self.outputs: list[dict[str, str]] = []
-        self.stop_after = stop_after
-
-    def on_start(self, *, total_steps, start_step):
-        self.starts.append((total_steps, start_step))
-
-    def on_outputs(self, outputs):
-        self.outputs.append(dict(outputs))
-
-    def on_metrics(self, step, metrics):
-        self.metrics[step] = dict(metrics)
-
-    def on_samples(self, step, samples):
-        self.samples[step] = list(samples)
-
-    def on_checkpoint(self, step, path):
-        self.checkpoints.append((step, path))
-
-    def on_evaluation(self, results):
-        self.evaluations.append(results)
-
-    def on_log(self, message):
-        self.logs.append(message)
-
-    def should_stop(self):
-        return self.stop_after is not None and max(self.metrics, default=0) >= self.stop_after
 
 
 @pytest.fixture(autouse=True)
@@ -155,12 +120,12 @@ def test_full_mode_trains_actor_and_critic_only_and_reports_everything(
     assert len(trainable["actor"]) > 10 and "value_head.weight" in trainable["critic"]
 
     # Metrics every iteration, a sample table, the evaluation before and after.
-    assert sorted(reporter.metrics) == [1, 2]
-    for metrics in reporter.metrics.values():
+    assert sorted(reporter.by_step()) == [1, 2]
+    for metrics in reporter.by_step().values():
         assert REQUIRED_METRICS <= set(metrics), REQUIRED_METRICS - set(metrics)
         assert "ptx_loss" in metrics and metrics["ptx_loss"] > 0
-    assert reporter.metrics[1]["beta"] == pytest.approx(0.05)
-    assert reporter.metrics[2]["beta"] != reporter.metrics[1]["beta"]  # adaptive KL moved β
+    assert reporter.by_step()[1]["beta"] == pytest.approx(0.05)
+    assert reporter.by_step()[2]["beta"] != reporter.by_step()[1]["beta"]  # adaptive KL moved β
     assert reporter.samples[1] and {"prompt", "response", "reward", "score", "kl"} <= set(reporter.samples[1][0])
     assert "before" in reporter.evaluations[0]
     final = reporter.evaluations[-1]
@@ -260,13 +225,13 @@ def test_resumed_run_reaches_the_same_state(random_lm_dir, random_rm_dir, prompt
     first = RecordingReporter(stop_after=2)
     half = train_ppo(make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "b", **common), reporter=first)
     assert half.stopped and half.iterations == 2 and half.checkpoint.name == "iter-000002"
-    assert half.policy_dir is None and sorted(first.metrics) == [1, 2]
+    assert half.policy_dir is None and sorted(first.by_step()) == [1, 2]
     with pytest.raises(ConfigError, match="resume"):  # a fresh start over existing checkpoints is refused
         resolve_resume(make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "b", **common))
     second = RecordingReporter()
     resumed = train_ppo(make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "b", resume="last",
                                     **common), reporter=second)
-    assert resumed.iterations == straight.iterations == 4 and sorted(second.metrics) == [3, 4]
+    assert resumed.iterations == straight.iterations == 4 and sorted(second.by_step()) == [3, 4]
     # on_start carries the resumed iteration; only a finished run reports outputs, which exist
     assert first.starts == [(4, 0)] and second.starts == [(4, 2)]
     assert first.outputs == [] and [sorted(o) for o in second.outputs] == [["policy", "value_model"]]
@@ -315,7 +280,7 @@ def test_temperature_is_used_for_the_ratio_and_the_kl(random_lm_dir, random_rm_d
     config = make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "out", iterations=1, ppo_epochs=1,
                          mini_batch_size=8, micro_batch_size=4, temperature=0.4, evaluate=False)
     train_ppo(config, reporter=reporter)
-    metrics = reporter.metrics[1]
+    metrics = reporter.by_step()[1]
     assert metrics["approx_kl"] < 1e-9
     assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["clip_fraction"] == 0.0
@@ -337,7 +302,7 @@ def test_temperature_mismatch_would_be_caught(random_lm_dir, random_rm_dir, prom
     config = make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "out", iterations=1, ppo_epochs=1,
                          mini_batch_size=8, micro_batch_size=4, temperature=0.4, evaluate=False)
     train_ppo(config, reporter=reporter)
-    assert reporter.metrics[1]["approx_kl"] > 1e-3
+    assert reporter.by_step()[1]["approx_kl"] > 1e-3
 
 
 def test_critic_from_the_policy_and_a_reward_model_with_another_tokenizer(
@@ -364,7 +329,7 @@ def test_critic_from_the_policy_and_a_reward_model_with_another_tokenizer(
     assert torch.count_nonzero(initial["value_head.weight"]) == 0 and torch.count_nonzero(initial["value_head.bias"]) == 0
     start = AutoModelForCausalLM.from_pretrained(random_lm_dir)
     torch.testing.assert_close(initial["backbone.h.0.attn.c_attn.weight"], start.transformer.h[0].attn.c_attn.weight)
-    assert reporter.metrics[1]["rm_score"] == reporter.metrics[1]["rm_score"]  # scored (not NaN)
+    assert reporter.by_step()[1]["rm_score"] == reporter.by_step()[1]["rm_score"]  # scored (not NaN)
 
 
 def test_stop_token_resolution(random_lm_dir):

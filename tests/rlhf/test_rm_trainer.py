@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.rlhf.recording import RecordingReporter
 from training.rlhf.configs import ConfigError, add_config_arguments, config_from_args, describe_fields
 from training.rlhf.reward_model import RewardModel
 from training.rlhf.rm_config import RewardModelConfig
@@ -20,47 +21,6 @@ from training.rlhf.rm_trainer import (
     rewards_by_ranking,
     train_reward_model,
 )
-
-
-class RecordingReporter:
-    """Keeps every event; asks to stop after `stop_after` steps when set."""
-
-    def __init__(self, stop_after: int | None = None):
-        self.metrics: list[tuple[int, dict]] = []
-        self.checkpoints: list[tuple[int, str]] = []
-        self.evaluations: list[dict] = []
-        self.logs: list[str] = []
-        self.starts: list[tuple[int, int]] = []  # (total_steps, start_step)
-        self.outputs: list[dict[str, str]] = []
-        self.stop_after = stop_after
-
-    def on_start(self, *, total_steps, start_step):
-        self.starts.append((total_steps, start_step))
-
-    def on_outputs(self, outputs):
-        self.outputs.append(dict(outputs))
-
-    def on_metrics(self, step, metrics):
-        self.metrics.append((step, dict(metrics)))
-
-    def on_samples(self, step, samples):
-        pass
-
-    def on_checkpoint(self, step, path):
-        self.checkpoints.append((step, path))
-
-    def on_evaluation(self, results):
-        self.evaluations.append(results)
-
-    def on_log(self, message):
-        self.logs.append(message)
-
-    def should_stop(self):
-        steps = [s for s, m in self.metrics if "loss" in m]
-        return self.stop_after is not None and bool(steps) and steps[-1] >= self.stop_after
-
-    def train_steps(self):
-        return [s for s, m in self.metrics if "loss" in m]
 
 
 def config_for(model_dir, dataset, out, **overrides):

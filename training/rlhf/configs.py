@@ -1,8 +1,8 @@
 """Helpers shared by the trainer configs: every field carries help text, and the same dataclass drives the
 plain CLI, the manage.py commands, the dashboard's launch forms and the `config.json` saved with each run.
 
-Declare fields with `option(default, "help text", choices=…)`; validate in `__post_init__` by raising
-`ConfigError` that names the field.
+Declare fields with `option(default, "help text", choices=…)`; validate in `__post_init__` with the
+`check_*` functions below (or by raising `ConfigError` that names the field).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -32,6 +33,77 @@ def option(default: Any, help: str, *, choices: tuple | None = None, cli: bool =
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+# --- validation in __post_init__: each check raises ConfigError naming the field ---------------------------
+
+BF16_CHOICES = ("auto", "true", "false")
+
+
+def check_integer(config: Any, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an integer ≥ {minimum}, got {value!r}")
+
+
+def check_number(config: Any, name: str, low: float, high: float, *, low_open: bool = False,
+                 high_open: bool = True) -> None:
+    """A finite number in [low, high) by default; `low_open` / `high_open` choose the interval's ends."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ConfigError(name, f"must be in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+def check_choice(config: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(config, name) not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+
+
+def check_required(config: Any, *names: str) -> None:
+    """Non-blank strings."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(name, "is required")
+
+
+def check_strings(config: Any, *names: str) -> None:
+    for name in names:
+        if not isinstance(getattr(config, name), str):
+            raise ConfigError(name, f"must be a string, got {getattr(config, name)!r}")
+
+
+def check_booleans(config: Any, *names: str) -> None:
+    for name in names:
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(name, f"must be true or false, got {getattr(config, name)!r}")
+
+
+def normalise_bf16(config: Any) -> None:
+    """`bf16` is auto/true/false; a plain bool (from a form or JSON) is accepted and stored as text."""
+    if isinstance(config.bf16, bool):
+        config.bf16 = "true" if config.bf16 else "false"
+    check_choice(config, "bf16", BF16_CHOICES)
+
+
+def normalise_lora_target_modules(config: Any) -> None:
+    """`lora_target_modules`: a list of module names (a string is split on commas and spaces), or
+    ["all-linear"] alone."""
+    if isinstance(config.lora_target_modules, str):
+        config.lora_target_modules = [m for m in config.lora_target_modules.replace(",", " ").split() if m]
+    modules = config.lora_target_modules
+    if not isinstance(modules, list) or not modules or not all(isinstance(m, str) and m.strip() for m in modules):
+        raise ConfigError("lora_target_modules", "must name at least one module (or 'all-linear')")
+    if "all-linear" in modules and len(modules) > 1:
+        raise ConfigError("lora_target_modules", "'all-linear' cannot be combined with module names")
+
+
+# --- conversions ------------------------------------------------------------------------------------------
 
 
 def _resolved_types(config_cls: type) -> dict[str, Any]:

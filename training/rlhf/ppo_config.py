@@ -16,9 +16,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from training.rlhf.configs import ConfigError, option
+from training.rlhf.configs import (
+    BF16_CHOICES,
+    ConfigError,
+    check_booleans,
+    check_choice,
+    check_integer,
+    check_number,
+    check_required,
+    check_strings,
+    normalise_bf16,
+    normalise_lora_target_modules,
+    option,
+)
 
-BF16_CHOICES = ("auto", "true", "false")
 KL_ESTIMATOR_CHOICES = ("k1", "k3")
 SCORE_NORM_CHOICES = ("none", "running", "batch")
 CRITIC_INIT_CHOICES = ("reward_model", "policy")
@@ -136,33 +147,9 @@ class PPOConfig:
     resume: str = option("", "Resume from a checkpoint: 'last' (newest in output_dir/checkpoints; fresh start "
                              "when there is none) or a checkpoint directory; empty starts fresh.")
 
-    def __post_init__(self) -> None:  # noqa: C901 - one check per field reads best as a list
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(name, f"must be an integer ≥ {minimum}, got {value!r}")
-
-        def number(name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ConfigError(name, f"must be a number, got {value!r}")
-            too_low = value <= low if low_open else value < low
-            too_high = value >= high if high_open else value > high
-            if too_low or too_high:
-                lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-                raise ConfigError(name, f"must be in {lo}{low}, {high}{hi}, got {value!r}")
-
-        def choice(name: str, choices: tuple[str, ...]) -> None:
-            if getattr(self, name) not in choices:
-                raise ConfigError(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-
-        for name in ("policy", "reward_model", "prompts", "output_dir"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(name, "is required")
-        for name in ("eval_prompts", "ptx_dataset", "resume", "stop_token"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+    def __post_init__(self) -> None:
+        check_required(self, "policy", "reward_model", "prompts", "output_dir")
+        check_strings(self, "eval_prompts", "ptx_dataset", "resume", "stop_token")
         if not self.stop_token:
             raise ConfigError("stop_token", "is required ('eos' or a token string)")
         for name, minimum in (
@@ -172,47 +159,26 @@ class PPOConfig:
             ("ptx_batch_size", 1), ("lora_r", 1), ("seed", 0), ("log_every", 1), ("sample_every", 0),
             ("samples_per_table", 1), ("checkpoint_every", 0), ("keep_checkpoints", 1),
         ):
-            integer(name, minimum)
-        number("eval_fraction", 0.0, 1.0)
-        number("temperature", 0.0, math.inf, low_open=True)
-        number("top_p", 0.0, 1.0, low_open=True, high_open=False)
-        number("missing_eos_penalty", 0.0, math.inf)
-        number("init_kl_coef", 0.0, math.inf)
-        number("kl_target", 0.0, math.inf)
-        number("reward_clip", 0.0, math.inf)
-        number("cliprange", 0.0, 1.0, low_open=True)
-        number("cliprange_value", 0.0, math.inf, low_open=True)
-        number("vf_coef", 0.0, math.inf)
-        number("gamma", 0.0, 1.0, high_open=False)
-        number("lam", 0.0, 1.0, high_open=False)
-        number("lr", 0.0, 1.0, low_open=True)
-        number("critic_lr", 0.0, 1.0, low_open=True)
-        number("warmup_ratio", 0.0, 1.0)
-        number("min_lr_ratio", 0.0, 1.0, high_open=False)
-        number("weight_decay", 0.0, math.inf)
-        number("max_grad_norm", 0.0, math.inf)
-        number("ptx_coef", 0.0, math.inf)
-        number("lora_alpha", 0.0, math.inf, low_open=True)
-        number("lora_dropout", 0.0, 1.0)
-        choice("task", TASK_CHOICES)
-        choice("kl_estimator", KL_ESTIMATOR_CHOICES)
-        choice("score_norm", SCORE_NORM_CHOICES)
-        choice("critic_init", CRITIC_INIT_CHOICES)
-        if isinstance(self.bf16, bool):  # accept a plain bool from a form or JSON
-            self.bf16 = "true" if self.bf16 else "false"
-        choice("bf16", BF16_CHOICES)
-        for name in ("evaluate", "trust_remote_code", "whiten_rewards", "whiten_advantages", "lora", "critic_lora",
-                     "gradient_checkpointing", "cpu"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m for m in self.lora_target_modules.replace(",", " ").split() if m]
-        if not isinstance(self.lora_target_modules, list) or not self.lora_target_modules or not all(
-            isinstance(m, str) and m.strip() for m in self.lora_target_modules
+            check_integer(self, name, minimum)
+        for name, low, high, ends in (
+            ("eval_fraction", 0.0, 1.0, "[)"), ("temperature", 0.0, math.inf, "()"), ("top_p", 0.0, 1.0, "(]"),
+            ("missing_eos_penalty", 0.0, math.inf, "[)"), ("init_kl_coef", 0.0, math.inf, "[)"),
+            ("kl_target", 0.0, math.inf, "[)"), ("reward_clip", 0.0, math.inf, "[)"),
+            ("cliprange", 0.0, 1.0, "()"), ("cliprange_value", 0.0, math.inf, "()"), ("vf_coef", 0.0, math.inf, "[)"),
+            ("gamma", 0.0, 1.0, "[]"), ("lam", 0.0, 1.0, "[]"), ("lr", 0.0, 1.0, "()"), ("critic_lr", 0.0, 1.0, "()"),
+            ("warmup_ratio", 0.0, 1.0, "[)"), ("min_lr_ratio", 0.0, 1.0, "[]"), ("weight_decay", 0.0, math.inf, "[)"),
+            ("max_grad_norm", 0.0, math.inf, "[)"), ("ptx_coef", 0.0, math.inf, "[)"),
+            ("lora_alpha", 0.0, math.inf, "()"), ("lora_dropout", 0.0, 1.0, "[)"),
         ):
-            raise ConfigError("lora_target_modules", "must name at least one module (or 'all-linear')")
-        if "all-linear" in self.lora_target_modules and len(self.lora_target_modules) > 1:
-            raise ConfigError("lora_target_modules", "'all-linear' cannot be combined with module names")
+            check_number(self, name, low, high, low_open=ends[0] == "(", high_open=ends[1] == ")")
+        check_choice(self, "task", TASK_CHOICES)
+        check_choice(self, "kl_estimator", KL_ESTIMATOR_CHOICES)
+        check_choice(self, "score_norm", SCORE_NORM_CHOICES)
+        check_choice(self, "critic_init", CRITIC_INIT_CHOICES)
+        normalise_bf16(self)
+        check_booleans(self, "evaluate", "trust_remote_code", "whiten_rewards", "whiten_advantages", "lora",
+                       "critic_lora", "gradient_checkpointing", "cpu")
+        normalise_lora_target_modules(self)
         if self.critic_lora and self.critic_init != "reward_model":
             raise ConfigError("critic_lora", "needs critic_init = reward_model (the adapters share the RM's backbone)")
         if self.ptx_coef > 0 and not self.ptx_dataset.strip():

@@ -6,10 +6,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from training.rlhf.configs import ConfigError, option
+from training.rlhf.configs import (
+    BF16_CHOICES,
+    ConfigError,
+    check_booleans,
+    check_choice,
+    check_integer,
+    check_number,
+    check_required,
+    check_strings,
+    normalise_bf16,
+    normalise_lora_target_modules,
+    option,
+)
 
 CALIBRATION_SETS = ("heldout", "train", "none")
-BF16_CHOICES = ("auto", "true", "false")
 PADDING_SIDES = ("right", "left")
 
 
@@ -77,61 +88,29 @@ class RewardModelConfig:
                                                 "random subset).")
 
     def __post_init__(self) -> None:
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(name, f"must be an integer ≥ {minimum}, got {value!r}")
-
-        def number(name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = True) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ConfigError(name, f"must be a number, got {value!r}")
-            too_low = value <= low if low_open else value < low
-            too_high = value >= high if high_open else value > high
-            if too_low or too_high:
-                lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-                raise ConfigError(name, f"must be in {lo}{low}, {high}{hi}, got {value!r}")
-
-        for name in ("model", "dataset"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
-                raise ConfigError(name, "is required")
-        for name in ("output_dir", "tokenizer", "train_split", "eval_split", "resume", "calibration_set"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(name, f"must be a string, got {getattr(self, name)!r}")
+        check_required(self, "model", "dataset")
+        check_strings(self, "output_dir", "tokenizer", "train_split", "eval_split", "resume", "calibration_set")
         if not self.train_split.strip():
             raise ConfigError("train_split", "is required")
         if self.train_split == self.eval_split:
             raise ConfigError("eval_split", "must differ from train_split")
-        number("heldout_fraction", 0.0, 1.0)
+        check_number(self, "heldout_fraction", 0.0, 1.0)
         for name, minimum in (("epochs", 1), ("max_steps", 0), ("batch_size", 1), ("gradient_accumulation_steps", 1),
                               ("eval_batch_size", 1), ("max_length", 8), ("lora_r", 1), ("eval_every", 0),
                               ("checkpoint_every", 0), ("keep_checkpoints", 1), ("log_every", 1), ("seed", 0),
                               ("calibration_max_samples", 2)):
-            integer(name, minimum)
-        number("learning_rate", 0.0, 1.0, low_open=True)
-        number("min_lr_ratio", 0.0, 1.0, high_open=False)
-        number("warmup_ratio", 0.0, 1.0)
-        number("weight_decay", 0.0, math.inf)
-        number("max_grad_norm", 0.0, math.inf)
-        number("lora_alpha", 0.0, math.inf, low_open=True)
-        number("lora_dropout", 0.0, 1.0)
-        if self.padding_side not in PADDING_SIDES:
-            raise ConfigError("padding_side", f"must be one of {', '.join(PADDING_SIDES)}, got {self.padding_side!r}")
-        if isinstance(self.bf16, bool):  # accept a plain bool from a form or JSON
-            self.bf16 = "true" if self.bf16 else "false"
-        if self.bf16 not in BF16_CHOICES:
-            raise ConfigError("bf16", f"must be one of {', '.join(BF16_CHOICES)}, got {self.bf16!r}")
-        for name in ("lora", "gradient_checkpointing", "trust_remote_code", "calibration_gain"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = [m for m in self.lora_target_modules.replace(",", " ").split() if m]
-        if not isinstance(self.lora_target_modules, list) or not self.lora_target_modules or not all(
-            isinstance(m, str) and m.strip() for m in self.lora_target_modules
-        ):
-            raise ConfigError("lora_target_modules", "must name at least one module (or 'all-linear')")
-        if "all-linear" in self.lora_target_modules and len(self.lora_target_modules) > 1:
-            raise ConfigError("lora_target_modules", "'all-linear' cannot be combined with module names")
+            check_integer(self, name, minimum)
+        check_number(self, "learning_rate", 0.0, 1.0, low_open=True)
+        check_number(self, "min_lr_ratio", 0.0, 1.0, high_open=False)
+        check_number(self, "warmup_ratio", 0.0, 1.0)
+        check_number(self, "weight_decay", 0.0, math.inf)
+        check_number(self, "max_grad_norm", 0.0, math.inf)
+        check_number(self, "lora_alpha", 0.0, math.inf, low_open=True)
+        check_number(self, "lora_dropout", 0.0, 1.0)
+        check_choice(self, "padding_side", PADDING_SIDES)
+        normalise_bf16(self)
+        check_booleans(self, "lora", "gradient_checkpointing", "trust_remote_code", "calibration_gain")
+        normalise_lora_target_modules(self)
         if not self.calibration_set.strip():
             raise ConfigError("calibration_set", f"is required: {', '.join(CALIBRATION_SETS)} or a file path")
         if self.calibration_set == "heldout" and self.heldout_fraction == 0 and not self.eval_split:
