@@ -11,9 +11,8 @@ from datetime import UTC, datetime
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models, transaction
-from django.db.models import Case, Count, IntegerField, Min, OuterRef, Q, Subquery, Value, When
-from django.db.models.functions import Coalesce
+from django.db import connection, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 K_MIN_LIMIT, K_MAX_LIMIT = 4, 9
@@ -85,7 +84,6 @@ class Project(models.Model):
 
 # "Open since forever": the value of `Prompt.open_from` for a prompt with a free slot right now.
 ALWAYS_OPEN = datetime(1970, 1, 1, tzinfo=UTC)
-_LIVE = "leased"  # Assignment.State.LEASED (the class is defined below)
 
 
 def refresh_queue_fields(*, prompt_ids: Iterable[int], now: datetime | None = None, chunk: int = 2000) -> None:
@@ -96,42 +94,48 @@ def refresh_queue_fields(*, prompt_ids: Iterable[int], now: datetime | None = No
     Each prompt row is locked before it is recounted, and the recount is a new statement: under READ COMMITTED
     it sees every change committed before the lock was granted, and every writer of those rows recounts after
     its own change while holding the lock, so the last recount in commit order has seen them all.
+    (Plain SQL: it runs on every lease and submit, and the ORM's compilation of these subqueries cost more
+    than running them.)
     """
     now = now or timezone.now()
     ids = sorted(set(prompt_ids))
+    ops = connection.ops
+    when = ops.adapt_datetimefield_value(now)
+    always = ops.adapt_datetimefield_value(ALWAYS_OPEN)
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
-        with transaction.atomic():
-            # Lock order as in the queue (prompts by id); FOR NO KEY UPDATE does not block inserts referencing them.
-            list(Prompt.objects.select_for_update(no_key=True).filter(pk__in=part).order_by("pk").values_list("pk"))
-            _recount(Prompt.objects.filter(pk__in=part), now=now)
+        marks = ", ".join(["%s"] * len(part))
+        with transaction.atomic(), connection.cursor() as cursor:
+            if connection.features.has_select_for_update:
+                # Lock order as in the queue (prompts by id); NO KEY: inserts that reference them go on.
+                no_key = " NO KEY" if connection.features.has_select_for_no_key_update else ""
+                cursor.execute(f"SELECT id FROM annotate_prompt WHERE id IN ({marks}) ORDER BY id FOR{no_key} UPDATE",
+                               part)
+            cursor.execute(_RECOUNT_SQL.format(marks=marks), part)
+            cursor.execute(_OPEN_FROM_SQL.format(marks=marks), [when, always, when, *part])
 
 
-def _recount(prompts: "models.QuerySet[Prompt]", *, now: datetime) -> None:
-    def count(model, **filters):
-        rows = model.objects.filter(prompt=OuterRef("pk"), **filters).order_by().values("prompt")
-        return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n"), output_field=IntegerField()), Value(0))
-
-    project = Project.objects.filter(pk=OuterRef("project_id"))
-    prompts.update(num_responses=count(Response), num_rankings=count(Ranking))
-    live = Assignment.objects.filter(prompt=OuterRef("pk"), state=_LIVE, lease_expires_at__gt=now).order_by()
-    first_expiry = live.values("prompt").annotate(t=Min("lease_expires_at")).values("t")
-    prompts.update(
-        open_from=Case(
-            When(
-                Q(num_responses__lt=Subquery(project.values("k_min")))
-                | Q(num_rankings__gte=Subquery(project.values("annotators_per_prompt"))),
-                then=Value(None),
-            ),
-            When(
-                Q(num_rankings__lt=Subquery(project.values("annotators_per_prompt")) - count(
-                    Assignment, state=_LIVE, lease_expires_at__gt=now)),
-                then=Value(ALWAYS_OPEN),
-            ),
-            default=Subquery(first_expiry),
-            output_field=models.DateTimeField(),
-        )
-    )
+_RECOUNT_SQL = """
+UPDATE annotate_prompt SET
+  num_responses = (SELECT COUNT(*) FROM annotate_response r WHERE r.prompt_id = annotate_prompt.id),
+  num_rankings = (SELECT COUNT(*) FROM annotate_ranking k WHERE k.prompt_id = annotate_prompt.id)
+WHERE id IN ({marks})
+"""
+# NULL: too few responses or complete; ALWAYS_OPEN: a slot is free now; else the first live lease's expiry.
+_OPEN_FROM_SQL = """
+UPDATE annotate_prompt SET open_from = CASE
+  WHEN num_responses < (SELECT p.k_min FROM annotate_project p WHERE p.id = annotate_prompt.project_id)
+    OR num_rankings >= (SELECT p.annotators_per_prompt FROM annotate_project p WHERE p.id = annotate_prompt.project_id)
+    THEN NULL
+  WHEN num_rankings + (SELECT COUNT(*) FROM annotate_assignment a WHERE a.prompt_id = annotate_prompt.id
+                       AND a.state = 'leased' AND a.lease_expires_at > %s)
+       < (SELECT p.annotators_per_prompt FROM annotate_project p WHERE p.id = annotate_prompt.project_id)
+    THEN %s
+  ELSE (SELECT MIN(a.lease_expires_at) FROM annotate_assignment a WHERE a.prompt_id = annotate_prompt.id
+        AND a.state = 'leased' AND a.lease_expires_at > %s)
+END
+WHERE id IN ({marks})
+"""
 
 
 class _CountedQuerySet(models.QuerySet):

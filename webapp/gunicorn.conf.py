@@ -15,11 +15,13 @@ worker_class = "gthread"
 threads = int(os.environ.get("WORKBENCH_THREADS", "4"))
 timeout = int(os.environ.get("WORKBENCH_REQUEST_TIMEOUT", "60"))  # seconds before a stuck worker is restarted
 graceful_timeout = 30
+# Load Django once in the master and fork the workers from it: faster (re)starts, shared memory.
+preload_app = True
 keepalive = 5
 # A worker is replaced after this many requests (plus jitter) to bound slow memory growth.
 max_requests = int(os.environ.get("WORKBENCH_MAX_REQUESTS", "2000"))
 max_requests_jitter = 200
-accesslog = os.environ.get("WORKBENCH_ACCESS_LOG", "-")
+accesslog = os.environ.get("WORKBENCH_ACCESS_LOG", "-") or None  # "-": stdout; empty: no access log
 errorlog = "-"
 # Behind a TLS proxy on the same host: trust its X-Forwarded-* headers (with DJANGO_BEHIND_PROXY=1).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
