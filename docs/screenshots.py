@@ -104,13 +104,13 @@ def shoot(*, base: str, world: dict, out_dir: Path) -> list[Path]:
             page.goto(f"{base}/projects/{world['project']}/")
             page.get_by_role("button", name="Start ranking").first.click()
             page.wait_for_url("**/rank/*/")
-            page.wait_for_function("Boolean(window.rankTask && window.Sortable)")
+            page.wait_for_function("() => Boolean(window.rankTask && window.Sortable)")
             cards = page.locator(".resp-card")
             cards.nth(2).focus()
             page.keyboard.press("t")  # tie it with the card above
             cards.nth(0).locator(".likert-option", has_text="6").click()
             page.wait_for_function(
-                "document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
+                "() => document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
             written.append(out_dir / "ranking-page.png")
             page.screenshot(path=str(written[-1]))  # the top of the page: prompt, shortcuts, the first ranks
             page.close()

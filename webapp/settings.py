@@ -60,6 +60,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
+    # Database down (PostgreSQL restarting…): 503 + Retry-After instead of a 500. Outside everything that
+    # touches the database (sessions, auth), inside the security headers.
+    "webapp.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -166,6 +171,26 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _env_bool("DJAN
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# django-csp 4 (its dict format): the pages load only their own static files; no inline scripts, styles or
+# event handlers, no eval (htmx is configured without it in base.html). The API docs page loads Swagger UI from
+# its CDN and relaxes this for itself (webapp/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+# Seconds a client is asked to wait (Retry-After) when the database is unavailable (webapp/middleware.py).
+DATABASE_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("WORKBENCH_DB_RETRY_AFTER", "5"))
 
 # Uploads (prompt files): refuse bodies over this size with a clear message.
 WORKBENCH_MAX_UPLOAD_BYTES = int(os.environ.get("WORKBENCH_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))

@@ -248,6 +248,14 @@
     document.body.addEventListener("htmx:afterSwap", function (event) {
       if (event.detail && event.detail.target && event.detail.target.id === "run-live") onLiveSwap();
     });
+    // Each poll of the live region asks only for what is new (instead of hx-vals="js:…", which needs eval and
+    // so breaks under the Content-Security-Policy).
+    document.body.addEventListener("htmx:configRequest", function (event) {
+      const elt = event.detail && event.detail.elt;
+      if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-live-cursor")) return;
+      event.detail.parameters["after_id"] = window.workbench.cursor();
+      event.detail.parameters["samples_step"] = window.workbench.samplesStep();
+    });
   }
 
   window.workbench = {

@@ -602,5 +602,24 @@
     }
   });
 
+  // The database is unavailable (503 with Retry-After, nothing was stored): nothing is swapped, the task stays
+  // as it is; say so next to the button that was pressed, so the annotator submits again.
+  document.addEventListener("htmx:responseError", (e) => {
+    const xhr = e.detail.xhr;
+    if (xhr.status !== 503) return;
+    let message = "The server is unavailable right now; nothing was saved. Try again in a few seconds.";
+    try { message = JSON.parse(xhr.responseText).detail || message; } catch (err) { /* keep the default */ }
+    const holder = e.detail.elt.parentElement;
+    const status = holder && holder.querySelector(".submit-status");
+    if (status) {
+      status.textContent = "";
+      const p = document.createElement("p");
+      p.className = "error";
+      p.setAttribute("role", "alert");
+      p.textContent = message;
+      status.appendChild(p);
+    }
+  });
+
   htmx.onLoad(init);
 })();

@@ -32,7 +32,7 @@ def _settle_autosave(page):
     """Let the page's last autosave finish before the test database is flushed."""
     yield
     try:
-        page.wait_for_function("!window.rankTask || (!window.rankTask.saving && !window.rankTask.dirty)",
+        page.wait_for_function("() => !window.rankTask || (!window.rankTask.saving && !window.rankTask.dirty)",
                                timeout=5000)
     except Exception:  # the page may be gone or stuck on a conflict: closing it is all that is left
         pass
@@ -78,7 +78,7 @@ def open_task(page, live_server, user, project) -> Assignment:
     page.goto(live_server.url + "/")
     page.get_by_role("button", name="Start ranking").click()
     page.wait_for_url(re.compile(r"/rank/\d+/$"))
-    page.wait_for_function("Boolean(window.rankTask && window.Sortable)")
+    page.wait_for_function("() => Boolean(window.rankTask && window.Sortable)")
     return Assignment.objects.get(annotator=user, state=Assignment.State.LEASED)
 
 
@@ -227,12 +227,12 @@ def test_reload_and_another_device_get_the_draft_back(page, live_server, annotat
     page.keyboard.press("t")  # D ties with B: A, [B, D], C
     page.keyboard.press("5")
     page.get_by_label("Rationale").fill("draft in progress")
-    page.wait_for_function("document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
+    page.wait_for_function("() => document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
     saved = Draft.objects.get(assignment=assignment)
     assert saved.state["rationale"] == "draft in progress" and saved.state["ratings"] == {str(d): 5}
 
     page.reload()
-    page.wait_for_function("Boolean(window.rankTask)")
+    page.wait_for_function("() => Boolean(window.rankTask)")
     assert dom_tiers(page) == [[a], [b, d], [c]]
     assert card(page, d).locator("input[data-rating][value='5']").is_checked()
     assert page.get_by_label("Rationale").input_value() == "draft in progress"
@@ -244,11 +244,11 @@ def test_reload_and_another_device_get_the_draft_back(page, live_server, annotat
     try:
         login(phone, live_server, annotator)
         phone.goto(live_server.url + f"/rank/{assignment.pk}/")
-        phone.wait_for_function("Boolean(window.rankTask)")
+        phone.wait_for_function("() => Boolean(window.rankTask)")
         assert dom_tiers(phone) == [[a], [b, d], [c]]
         # The phone changes something; the laptop's next save is then stale and asks what to do.
         phone.get_by_label("Rationale").fill("edited on the phone")
-        phone.wait_for_function("document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
+        phone.wait_for_function("() => document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
     finally:
         other.close()
     page.get_by_label("Rationale").fill("edited on the laptop")
@@ -302,7 +302,7 @@ def test_ranking_page_screenshot_and_small_screens(page, live_server, annotator,
     page.keyboard.press("t")
     page.keyboard.press("6")
     card(page, a).locator(".likert-option", has_text="4").click()
-    page.wait_for_function("document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
+    page.wait_for_function("() => document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
     # Code blocks render as <pre>, escaped; the long response is collapsed with a toggle.
     assert page.locator(".resp-card pre.code code").inner_text().startswith("for t in tables:")
     toggle = page.get_by_role("button", name="Show the full response")
