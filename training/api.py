@@ -46,7 +46,7 @@ class RunSerializer(serializers.ModelSerializer):
 
 class RunDetailSerializer(RunSerializer):
     class Meta(RunSerializer.Meta):
-        fields = [*RunSerializer.Meta.fields, "config", "evaluation", "error", "log_path", "command"]
+        fields = [*RunSerializer.Meta.fields, "config", "evaluation", "outputs", "error", "log_path", "command"]
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -201,7 +201,7 @@ def launch_ppo(request: Request) -> Response:
     return _launched(run)
 
 
-@extend_schema(request=None, responses={200: RunDetailSerializer})
+@extend_schema(request=None, responses={200: RunDetailSerializer, 409: OpenApiTypes.OBJECT})
 @api_view(["POST"])
 @permission_classes(STAFF)
 def cancel_run(request: Request, run_id: int) -> Response:
@@ -214,7 +214,8 @@ def cancel_run(request: Request, run_id: int) -> Response:
     return Response(RunDetailSerializer(run).data)
 
 
-@extend_schema(request=None, responses={200: RunDetailSerializer, 201: RunDetailSerializer})
+@extend_schema(request=None, responses={200: RunDetailSerializer, 201: RunDetailSerializer,
+                                        400: OpenApiTypes.OBJECT, 409: OpenApiTypes.OBJECT})
 @api_view(["POST"])
 @permission_classes(STAFF)
 def resume_run(request: Request, run_id: int) -> Response:
@@ -259,7 +260,7 @@ def new_round(request: Request) -> Response:
             max_prompts=cleaned.get("max_prompts"), baseline_model_path=cleaned.get("baseline_model") or None,
             baseline_k=cleaned.get("baseline_k") or 0, created_by=request.user,
         )
-    except jobs.LaunchError as exc:
+    except launching.LaunchError as exc:
         return Response({"non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -277,7 +278,7 @@ def rm_check(request: Request, project_id: int) -> Response:
         return _form_errors(form)
     try:
         job = jobs.launch_rm_check(project=project, rm_run=form.cleaned_data["rm_run"], created_by=request.user)
-    except jobs.LaunchError as exc:
+    except launching.LaunchError as exc:
         return Response({"non_field_errors": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
     return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 

@@ -18,14 +18,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from training import roots
+from training.launching import LaunchError
 from training.models import Job, TrainingRun
 from training.tasks import execute_job
 
 logger = logging.getLogger("training.jobs")
-
-class LaunchError(ValueError):
-    """The job cannot be queued (a path outside the roots, K out of range…); the message is for the user."""
-
 
 def _stale_cutoff(now) -> Any:
     return now - timedelta(seconds=settings.WORKBENCH_STALE_AFTER_SECONDS)

@@ -327,7 +327,7 @@ def new_round(request: HttpRequest, run_id: int | None = None) -> HttpResponse:
                 sampling=form.sampling_params(), from_round=data.get("from_round"),
                 max_prompts=data.get("max_prompts"), created_by=request.user,
             )
-        except (jobs.LaunchError, ValueError) as exc:
+        except (launching.LaunchError, ValueError) as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Sampling a new round of {data['project']} is queued.")
@@ -376,7 +376,7 @@ def project_rm_check(request: HttpRequest, project_id: int) -> HttpResponse:
     if form.is_valid():
         try:
             job = jobs.launch_rm_check(project=project, rm_run=form.cleaned_data["rm_run"], created_by=request.user)
-        except jobs.LaunchError as exc:
+        except launching.LaunchError as exc:
             messages.error(request, str(exc))
         else:
             messages.success(request, f"Scoring the new rankings with {job.training_run} is queued.")

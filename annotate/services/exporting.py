@@ -524,13 +524,15 @@ def export_rankings_since(*, project: Project, created_after, path: str | Path) 
     kwise split: per annotator, ties kept), to a JSONL file written atomically — what a reward model that was
     trained on the data exported at `created_after` has not seen."""
     out = Path(path).expanduser().resolve()
-    rankings = (Ranking.objects.filter(prompt__project=project, created_at__gt=created_after)
-                .select_related("prompt").order_by("prompt_id", "pk"))
+    rankings = list(Ranking.objects.filter(prompt__project=project, created_at__gt=created_after)
+                    .select_related("prompt").order_by("prompt_id", "pk"))
+    texts: dict[int, str] = {}
+    prompt_ids = sorted({r.prompt_id for r in rankings})
+    for start in range(0, len(prompt_ids), 500):
+        texts.update(Response.objects.filter(prompt_id__in=prompt_ids[start:start + 500]).values_list("pk", "text"))
     lines, rounds = [], []
-    for ranking in rankings.iterator(chunk_size=500):
-        ids = [rid for tier in ranking.tiers for rid in tier]
-        texts = dict(Response.objects.filter(pk__in=ids).values_list("pk", "text"))
-        if len(texts) != len(set(ids)):
+    for ranking in rankings:
+        if any(rid not in texts for tier in ranking.tiers for rid in tier):
             continue  # a response was deleted since; the ranking cannot be scored whole
         lines.append(json.dumps(_ranking_record(ranking.prompt, ranking, texts), ensure_ascii=False))
         rounds.append(ranking.prompt.round)
