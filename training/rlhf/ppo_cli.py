@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from training.rlhf.configs import ConfigError, add_config_arguments, config_from_args
 from training.rlhf.ppo_config import PPOConfig
-from training.rlhf.reporter import JsonlReporter, NullReporter, Reporter
-
-EVENTS_FILE = "events.jsonl"
+from training.rlhf.reporter import cli_reporter, is_main_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,11 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def is_main_process() -> bool:
-    """False on the non-zero ranks of `accelerate launch` / torchrun (they set RANK)."""
-    return os.environ.get("RANK", "0").strip() in ("", "0")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,10 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     from training.rlhf.ppo_trainer import train_ppo
 
-    reporter: Reporter = (
-        JsonlReporter(Path(config.output_dir) / EVENTS_FILE, echo=not args.quiet) if is_main_process()
-        else NullReporter()
-    )
+    reporter = cli_reporter(config.output_dir, echo=not args.quiet)
     try:
         result = train_ppo(config, reporter=reporter)
     except (ConfigError, OSError, ValueError) as exc:

@@ -313,34 +313,29 @@ class PolicyRuntime:
         return RolloutBatch(list(prompt_texts), sequences, response_ids, response_mask, has_stop, texts, scores)
 
     @torch.no_grad()
+    def _in_chunks(self, function, sequences: Sequences) -> torch.Tensor:
+        """`function(rows)` over row chunks of generation_batch_size (autocast, no grad), concatenated."""
+        size = self.config.generation_batch_size
+        out = []
+        for start in range(0, sequences.input_ids.shape[0], size):
+            with self.accelerator.autocast():
+                out.append(function(select_rows(sequences, slice(start, start + size))))
+        return torch.cat(out)
+
     def logprobs(self, model, sequences: Sequences) -> torch.Tensor:
-        """log π of the response tokens at the sampling temperature, in inference chunks: (B, R)."""
-        out = []
-        size = self.config.generation_batch_size
-        for start in range(0, sequences.input_ids.shape[0], size):
-            with self.accelerator.autocast():
-                out.append(response_logprobs(model, select_rows(sequences, slice(start, start + size)),
-                                             temperature=self.config.temperature)[0])
-        return torch.cat(out)
+        """log π of the response tokens at the sampling temperature: (B, R)."""
+        temperature = self.config.temperature
+        return self._in_chunks(lambda rows: response_logprobs(model, rows, temperature=temperature)[0], sequences)
 
-    @torch.no_grad()
     def reference_logprobs(self, actor, sequences: Sequences) -> torch.Tensor:
-        out = []
-        size = self.config.generation_batch_size
-        for start in range(0, sequences.input_ids.shape[0], size):
-            with self.accelerator.autocast():
-                out.append(self.models.reference_logprobs(select_rows(sequences, slice(start, start + size)),
-                                                          temperature=self.config.temperature, actor=actor))
-        return torch.cat(out)
+        """log π_ref of the response tokens (the frozen copy, or the actor with its adapter off): (B, R)."""
+        temperature = self.config.temperature
+        return self._in_chunks(
+            lambda rows: self.models.reference_logprobs(rows, temperature=temperature, actor=actor), sequences)
 
-    @torch.no_grad()
     def values(self, critic, sequences: Sequences) -> torch.Tensor:
-        out = []
-        size = self.config.generation_batch_size
-        for start in range(0, sequences.input_ids.shape[0], size):
-            with self.accelerator.autocast():
-                out.append(response_values(critic, select_rows(sequences, slice(start, start + size))))
-        return torch.cat(out)
+        """V of every response token: (B, R)."""
+        return self._in_chunks(lambda rows: response_values(critic, rows), sequences)
 
 
 # --- the trainer -------------------------------------------------------------------------------------------------

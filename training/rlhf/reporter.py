@@ -7,9 +7,12 @@ Trainers call these on the main process only (accelerate's `is_main_process`).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+EVENTS_FILE = "events.jsonl"  # the plain CLIs' event log, in the run's output directory
 
 
 @runtime_checkable
@@ -111,3 +114,13 @@ class JsonlReporter:
 
     def should_stop(self) -> bool:
         return self.stop_file.exists()
+
+
+def is_main_process() -> bool:
+    """False on the non-zero ranks of `accelerate launch` / torchrun (they set RANK): only rank 0 reports."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def cli_reporter(output_dir: str | Path, *, echo: bool) -> Reporter:
+    """The plain CLIs' reporter: OUTPUT_DIR/events.jsonl on the main process, nothing on the others."""
+    return JsonlReporter(Path(output_dir) / EVENTS_FILE, echo=echo) if is_main_process() else NullReporter()

@@ -16,11 +16,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from training.rlhf.configs import ConfigError, add_config_arguments, config_from_args
 from training.rlhf.data import DatasetError
-from training.rlhf.reporter import JsonlReporter, NullReporter, Reporter
+from training.rlhf.reporter import cli_reporter, is_main_process
 from training.rlhf.rm_config import RewardModelConfig
 
 
@@ -35,12 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,18 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if not config.output_dir:
         parser.error("--output-dir is required")
-    from training.rlhf.rm_trainer import EVENTS_FILE, train_reward_model
+    from training.rlhf.rm_trainer import train_reward_model
 
-    reporter: Reporter = (
-        JsonlReporter(Path(config.output_dir) / EVENTS_FILE, echo=not args.quiet) if _is_main_process()
-        else NullReporter()
-    )
+    reporter = cli_reporter(config.output_dir, echo=not args.quiet)
     try:
         result = train_reward_model(config, reporter=reporter)
     except (ConfigError, DatasetError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if _is_main_process() and not args.quiet:
+    if is_main_process() and not args.quiet:
         summary = {"output_dir": str(result.output_dir), "steps": result.steps, "stopped": result.stopped}
         heldout = result.evaluation.get("heldout", {})
         if heldout:

@@ -49,7 +49,6 @@ from training.rlhf.rm_loss import kwise_ranking_loss, pairwise_stats
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.json"
 SCHEDULER_FILE = "scheduler.pt"
-EVENTS_FILE = "events.jsonl"
 EVALUATION_FILE = "evaluation.json"
 
 
