@@ -54,6 +54,10 @@ class Project(models.Model):
         default=30, validators=[MinValueValidator(1)], help_text="How long a task stays reserved for an annotator."
     )
     annotators = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="annotation_projects", blank=True)
+    render_markdown = models.BooleanField(
+        default=True, help_text="Show prompts and model output as sanitised Markdown on the ranking page (off: as "
+        "plain text). Annotators can always switch one response to its raw text."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
