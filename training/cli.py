@@ -6,7 +6,6 @@ sources (what to train) and print their closing report."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,10 @@ from django.core.management.base import BaseCommand, CommandError
 from training import launching, services
 from training.models import TrainingRun
 from training.rlhf.configs import add_config_arguments
+from training.rlhf.reporter import is_main_process
 from training.runkinds import run_kind
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank under `accelerate launch` / torchrun (RANK is set there)."""
-    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def check_model_reference(model: str) -> None:

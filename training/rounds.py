@@ -83,41 +83,32 @@ def sample_new_round(
 
 def rm_accuracy_on_new_rankings(*, project: Project, rm_run: TrainingRun, batch_size: int = 16) -> dict[str, Any]:
     """Pairwise accuracy of the RM on every strict preference in the rankings it has not seen (created after
-    the snapshot it was trained on, or after the run when it names none): the share of (winner, loser) pairs
-    scored winner > loser, equal scores counting one half (`rlhf.rm_eval.ranking_metrics`), overall and by
-    round and by ranking source. The rankings go through the export contract: a K-wise file written by
-    `annotate.services.exporting.export_rankings_since`, read back by the core's reader."""
+    the snapshot it was trained on, or after the run when it names none), overall and by round and by ranking
+    source (reward ties count ½). Through the two contracts: the rankings are exported to a K-wise file
+    (`annotate.services.exporting.export_rankings_since`) and scored by the core
+    (`training.rlhf.rm_eval.evaluate_rankings_file`)."""
     from annotate.services.exporting import export_rankings_since
-    from training.rlhf.data import load_ranking_records
-    from training.rlhf.reward_model import RewardModel
-    from training.rlhf.rm_eval import ranking_metrics, unique_sequences
+    from training.rlhf.rm_eval import evaluate_rankings_file
 
     since = rm_run.snapshot.created_at if rm_run.snapshot_id else rm_run.created_at
+    model_dir = rm_run.output("reward_model")
+    if model_dir is None:
+        raise FileNotFoundError(f"{rm_run} left no reward model in {rm_run.output_dir or '(no output directory)'}")
     result: dict[str, Any] = {
         "rm_run": rm_run.pk, "since": since.isoformat(), "rankings": 0, "pairs": 0, "accuracy": None,
         "computed_at": timezone.now().isoformat(), "by_round": {}, "by_source": {},
     }
-    model_dir = rm_run.output("reward_model")
-    if model_dir is None:
-        raise FileNotFoundError(f"{rm_run} left no reward model in {rm_run.output_dir or '(no output directory)'}")
     with tempfile.TemporaryDirectory(prefix="rm-check-") as tmp:
         exported = export_rankings_since(project=project, created_after=since, path=Path(tmp) / "rankings.jsonl")
-        records = load_ranking_records(exported.path) if exported.rankings else []
-    result["rankings"] = len(records)
-    if not records:
-        return result
-    texts, layout = unique_sequences(records)
-    scores = RewardModel.from_pretrained(model_dir).score_texts(
-        [p for p, _ in texts], [r for _, r in texts], batch_size=batch_size
-    )
-    rewards = [[scores[i] for i in row] for row in layout]
-
-    def accuracy(indices: list[int]) -> dict[str, Any]:
-        metrics = ranking_metrics([records[i] for i in indices], [rewards[i] for i in indices])
-        return {"pairs": metrics["pairs"], "accuracy": metrics["accuracy"] if metrics["pairs"] else None}
-
-    overall = accuracy(list(range(len(records))))
-    result.update(overall)
-    for group, keys in (("by_round", [str(r) for r in exported.rounds]), ("by_source", [r.source for r in records])):
-        result[group] = {key: accuracy([i for i, k in enumerate(keys) if k == key]) for key in sorted(set(keys))}
+        if not exported.rankings:
+            return result
+        report = evaluate_rankings_file(reward_model=model_dir, dataset=exported.path, by=("round", "source"),
+                                        batch_size=batch_size)
+    result.update(rankings=report["rankings"], pairs=report["pairs"],
+                  accuracy=report["accuracy"] if report["pairs"] else None,
+                  by_round=_pairs_and_accuracy(report["per_round"]), by_source=_pairs_and_accuracy(report["per_source"]))
     return result
+
+
+def _pairs_and_accuracy(groups: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {key: {"pairs": group["pairs"], "accuracy": group["accuracy"]} for key, group in groups.items()}

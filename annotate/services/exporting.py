@@ -512,17 +512,17 @@ def export_prompts(*, project: Project, path: str | Path) -> tuple[Path, int]:
 
 @dataclass
 class RankingsFile:
-    """A K-wise JSONL file of rankings (the snapshot's record format) and, per record line, its prompt's round."""
+    """A K-wise JSONL file of rankings (the snapshot's record format) and how many records it holds."""
 
     path: Path
     rankings: int
-    rounds: list[int]
 
 
 def export_rankings_since(*, project: Project, created_after, path: str | Path) -> RankingsFile:
     """Every ranking of `project` created after `created_after`, one K-wise record each (as in a snapshot's
     kwise split: per annotator, ties kept), to a JSONL file written atomically — what a reward model that was
-    trained on the data exported at `created_after` has not seen."""
+    trained on the data exported at `created_after` has not seen. Each record's metadata also carries its
+    prompt's `round`, so the evaluation can break the figures down by round."""
     out = Path(path).expanduser().resolve()
     rankings = list(Ranking.objects.filter(prompt__project=project, created_at__gt=created_after)
                     .select_related("prompt").order_by("prompt_id", "pk"))
@@ -530,11 +530,12 @@ def export_rankings_since(*, project: Project, created_after, path: str | Path) 
     prompt_ids = sorted({r.prompt_id for r in rankings})
     for start in range(0, len(prompt_ids), 500):
         texts.update(Response.objects.filter(prompt_id__in=prompt_ids[start:start + 500]).values_list("pk", "text"))
-    lines, rounds = [], []
+    lines = []
     for ranking in rankings:
         if any(rid not in texts for tier in ranking.tiers for rid in tier):
             continue  # a response was deleted since; the ranking cannot be scored whole
-        lines.append(json.dumps(_ranking_record(ranking.prompt, ranking, texts), ensure_ascii=False))
-        rounds.append(ranking.prompt.round)
+        record = _ranking_record(ranking.prompt, ranking, texts)
+        record["metadata"] = {**record["metadata"], "round": ranking.prompt.round}
+        lines.append(json.dumps(record, ensure_ascii=False))
     _write_jsonl_atomically(lines, out)
-    return RankingsFile(path=out, rankings=len(lines), rounds=rounds)
+    return RankingsFile(path=out, rankings=len(lines))
