@@ -11,8 +11,10 @@ A record: ``{"prompt": str, "id": str|int, "metadata": {…}, "responses": [str,
 (and, in CSV/Parquet/datasets, other columns) go into the prompt's metadata. An exported K-wise snapshot
 reads back as-is (`prompt_id` is taken as the id).
 
-The import is all or nothing: every record is validated, and if any is rejected the transaction is rolled
-back and `ImportFailed` lists the problems. Prompts already in the project's round (same normalised text)
+The import is all or nothing: every record is validated, and if any is rejected nothing is published and
+`ImportFailed` lists the problems. The rows are written in short transactions into a hidden staging project and
+moved into the project in one statement at the end, so a long import never holds the database's write lock for
+long (annotators keep saving meanwhile). Prompts already in the project's round (same normalised text)
 are skipped and counted; a prompt repeated within the import with the same responses and another ranking
 adds that ranking to the first copy (a multi-annotator file), otherwise it is skipped too.
 """
@@ -23,13 +25,15 @@ import csv
 import io
 import json
 import math
+import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from annotate.models import (
@@ -640,12 +644,12 @@ def import_records(
         raise ImportFailed(["The project name is empty."])
     if round is not None and round < 1:
         raise ImportFailed([f"The round must be 1 or more, got {round}."])
-    with transaction.atomic():
-        project, created = Project.objects.get_or_create(name=project_name)
-        if round is None:
-            round = project.prompts.aggregate(latest=Max("round"))["latest"] or 1
-        summary = ImportSummary(project=project.name, project_created=created, source=source, round=round)
-        writer = _Writer(project, round, source, summary)
+    project, created = Project.objects.get_or_create(name=project_name)
+    if round is None:
+        round = project.prompts.aggregate(latest=Max("round"))["latest"] or 1
+    summary = ImportSummary(project=project.name, project_created=created, source=source, round=round)
+    writer = _Writer(project, round, source, summary)
+    with writer.staged():  # short write transactions into a hidden project; published at the end, or removed
         try:
             for location, raw in records:
                 summary.records += 1
@@ -659,23 +663,24 @@ def import_records(
                 writer.add(clean)
             writer.flush()
         except RecordFileError as exc:
-            transaction.set_rollback(True)
             raise ImportFailed([*summary.errors, str(exc)], summary) from exc
         if summary.records == 0:
-            transaction.set_rollback(True)
             raise ImportFailed(["No records to import."], summary)
         if summary.rejected:
-            transaction.set_rollback(True)
             raise ImportFailed(summary.errors, summary)
     return summary
 
 
 class _Writer:
-    """Buffers validated records and writes them in batches (bulk inserts) inside the caller's transaction.
-    After the first rejection it only validates: the transaction will be rolled back anyway."""
+    """Buffers validated records and writes them in batches (bulk inserts), each batch in a short transaction of
+    its own, into a hidden staging project; `staged` publishes them all at once at the end (one UPDATE moves the
+    prompts into the project) or, on any rejection or error, removes them. So a long import never holds the
+    write lock that annotators' saves need (SQLite has one writer at a time), and nothing of a failed import
+    is ever visible in the project. After the first rejection it only validates: nothing will be published."""
 
     def __init__(self, project: Project, round: int, source: str, summary: ImportSummary):  # noqa: A002
         self.project, self.round, self.source, self.summary = project, round, source, summary
+        self.stage: Project | None = None
         self.pending: list[CleanRecord] = []
         # text hash → (location, normalised response keys or None, response ids, prompt id) for this import
         self.seen: dict[str, tuple[str, list[str] | None, list[int], int]] = {}
@@ -694,7 +699,50 @@ class _Writer:
         if len(self.pending) >= BATCH_SIZE:
             self.flush()
 
+    @contextmanager
+    def staged(self):
+        # The stage has the project's settings (the queue's fields of its prompts are computed with them) and no
+        # members, so no annotator is offered its prompts; staff see it in the project list while it lasts.
+        self.stage = Project.objects.create(
+            name=f"{self.project.name[:150]} (import in progress {uuid.uuid4().hex[:8]})",
+            description=f"Staging area of an import into {self.project.name!r}; removed when the import ends.",
+            k_min=self.project.k_min, k_max=self.project.k_max,
+            annotators_per_prompt=self.project.annotators_per_prompt,
+            guidelines_version=self.project.guidelines_version,
+        )
+        try:
+            yield
+            self._publish()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _publish(self) -> None:
+        try:
+            with transaction.atomic():
+                Prompt.objects.filter(project=self.stage).update(project=self.project)
+                self.stage.delete()
+        except IntegrityError as exc:  # another import added some of the same prompts meanwhile
+            raise ImportFailed(["Another import added some of these prompts to the project meanwhile; nothing "
+                                "was imported. Import the file again: the prompts already there are skipped."],
+                               self.summary) from exc
+
+    def _discard(self, chunk: int = 1000) -> None:
+        """Remove the staged rows in short transactions, then the stage (and the project, if this import
+        created it and it is still empty)."""
+        ids = list(Prompt.objects.filter(project=self.stage).values_list("pk", flat=True))
+        for start in range(0, len(ids), chunk):
+            with transaction.atomic():
+                Prompt.objects.filter(pk__in=ids[start:start + chunk]).delete()
+        Project.objects.filter(pk=self.stage.pk).delete()
+        if self.summary.project_created and not self.project.prompts.exists():
+            Project.objects.filter(pk=self.project.pk).delete()
+
     def flush(self) -> None:
+        with transaction.atomic():
+            self._flush()
+
+    def _flush(self) -> None:
         if self.summary.rejected or not self.pending:
             self.pending.clear()
             return
@@ -726,7 +774,7 @@ class _Writer:
             batch_seen[key] = record
             metadata = record.metadata
             prompt = Prompt(
-                project=self.project,
+                project=self.stage,
                 text=record.prompt,
                 text_hash=key,
                 external_id=record.external_id,

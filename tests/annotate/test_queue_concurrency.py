@@ -8,6 +8,7 @@ so BEGIN IMMEDIATE really serialises separate connections (the in-memory test da
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sqlite3
 import threading
@@ -222,3 +223,71 @@ def test_sqlite_concurrent_double_submit_makes_one_ranking(sqlite_file_db, make_
     assert len({pk for pk, _ in results}) == 1 and sum(created for _, created in results) == 1
     with using_database(db):
         assert Ranking.objects.count() == 1
+
+
+# --- An import while annotators work ----------------------------------------------------------------------------
+
+
+def save_drafts_while(barrier, db, user_id, assignment_id, project_id, running, log):
+    """Autosave again and again while the import runs; record (started during the import, seconds, prompts seen)."""
+    from annotate.services.drafts import save_draft
+
+    with using_database(db):
+        user = get_user_model().objects.get(pk=user_id)
+        barrier.wait()
+        revision = 0
+        while running.is_set() or revision == 0:
+            during = running.is_set()
+            started = time.monotonic()
+            revision = save_draft(annotator=user, assignment_id=assignment_id, state={"rationale": f"r{revision}"},
+                                  base_revision=revision).draft.revision
+            seen = Prompt.objects.filter(project_id=project_id).count()
+            log.append((during, time.monotonic() - started, seen))
+            time.sleep(0.02)
+
+
+def import_while(barrier, db, path, project_name, running, summaries):
+    from annotate.services.importing import import_file
+
+    with using_database(db):
+        barrier.wait()
+        try:
+            summaries.append(import_file(path=path, project_name=project_name))
+        finally:
+            running.clear()
+
+
+def run_import_during_autosave(snapshot, tmp_path, make_user, make_project, *, records: int):
+    users, project = setup_project(make_user, make_project, annotators=1, prompts=1, needed=1)
+    assignment = lease_next_task(annotator=users[0], project=project)
+    db = snapshot() if snapshot else None
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Imported prompt {i}",
+                                        "responses": [f"{c} {i}" for c in "abcd"]}) + "\n" for i in range(records)))
+    running, log, summaries = threading.Event(), [], []
+    running.set()
+    errors = run_threads(lambda barrier, kind, *args: (import_while if kind == "import" else save_drafts_while)(
+        barrier, *args), [("import", db, path, project.name, running, summaries),
+                          ("draft", db, users[0].pk, assignment.pk, project.pk, running, log)])
+    assert not errors, "\n".join(errors)
+    assert summaries and summaries[0].imported == records
+    during = [(seconds, seen) for was_during, seconds, seen in log if was_during]
+    # annotators kept saving while the import ran (SQLite: the import's short transactions let them in) …
+    assert len(during) >= 3, log
+    assert max(seconds for seconds, _ in during) < 5, during
+    # … and never saw a partly imported project: the prompts appear all at once
+    assert {seen for _, seen in during} <= {1, 1 + records}, during
+    with using_database(db):
+        assert Prompt.objects.filter(project=project).count() == 1 + records
+        assert not Project.objects.filter(name__contains="import in progress").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sqlite_autosave_goes_on_during_an_import(sqlite_file_db, tmp_path, make_user, make_project):
+    run_import_during_autosave(sqlite_file_db, tmp_path, make_user, make_project, records=3000)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_autosave_goes_on_during_an_import(postgres_only, tmp_path, make_user, make_project):
+    run_import_during_autosave(None, tmp_path, make_user, make_project, records=3000)
