@@ -149,6 +149,16 @@ def test_json_api_error_and_admin_responses_carry_the_policy_too(client, world):
         assert_strict(policy(response))
 
 
+def test_the_admin_and_the_browsable_api_satisfy_it_too(client, world):
+    client.force_login(world["staff"])
+    project = world["project"].pk
+    for url in (reverse("admin:index"), reverse("admin:annotate_project_changelist"),
+                reverse("admin:annotate_project_change", args=[project]), reverse("api-projects") + "?format=api"):
+        response = client.get(url, HTTP_ACCEPT="text/html")
+        assert response.status_code == 200, url
+        assert inline_problems(response.content.decode()) == [], url
+
+
 def test_the_api_docs_page_relaxes_the_policy_for_its_cdn_only(client, world):
     client.force_login(world["staff"])
     page = client.get(reverse("api-docs"))
