@@ -10,7 +10,9 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from annotate.models import Project, Prompt, Ranking
-from annotate.services.queue import annotate_prompt_counts, candidate_prompts, member_project_ids
+from annotate.services.queue import candidate_prompts, member_project_ids
+
+AVAILABLE_COUNT_LIMIT = 1000
 
 
 def projects_for_user(*, user) -> QuerySet[Project]:
@@ -38,7 +40,7 @@ class ProjectProgress:
     rankings_done: int  # rankings counted towards that (extra rankings of a prompt are not counted)
     mine: int  # rankings by this user in the project
     mine_today: int
-    available_to_me: int  # prompts this user could be given right now
+    available_to_me: int  # prompts this user could be given right now (at most AVAILABLE_COUNT_LIMIT)
     is_member: bool
 
     @property
@@ -53,13 +55,15 @@ class ProjectProgress:
 def project_progress(*, project: Project, user, now: datetime | None = None) -> ProjectProgress:
     now = now or timezone.now()
     per_prompt = project.annotators_per_prompt
-    totals = (
-        annotate_prompt_counts(Prompt.objects.filter(project=project), now=now)
-        .filter(n_responses__gte=project.k_min)
-        .aggregate(prompts=Count("pk"), done=Sum(Least("n_rankings", Value(per_prompt))))
+    # The queue's stored counts (annotate.models.Prompt): one pass over the project's prompt rows, no subqueries.
+    totals = Prompt.objects.filter(project=project, num_responses__gte=project.k_min).aggregate(
+        prompts=Count("pk"), done=Sum(Least("num_rankings", Value(per_prompt)))
     )
     member = is_member(user=user, project=project)
-    available = candidate_prompts(annotator=user, project_ids=[project.pk], now=now).count() if member else 0
+    available = 0
+    if member:  # counted up to a limit: the exact figure past it would cost a scan of the project on every page
+        candidates = candidate_prompts(annotator=user, project_ids=[project.pk], now=now)
+        available = candidates.values("pk")[:AVAILABLE_COUNT_LIMIT].count()
     mine = Ranking.objects.filter(prompt__project=project, annotator=user)
     return ProjectProgress(
         project=project,
