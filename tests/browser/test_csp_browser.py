@@ -62,11 +62,10 @@ def test_pages_work_with_zero_csp_violations(page, live_server, world):
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server.url}/")
 
-    # 1. The ranking page: the ranker's script runs (badges numbered), a move autosaves a draft (fetch).
+    # 1. The ranking page: the ranker's scripts run (rank.js, SortableJS), typing autosaves a draft (fetch).
     page.goto(f"{live_server.url}/rank/{world['assignment'].pk}/")
-    page.wait_for_function("() => document.querySelector('[data-rank-badge]').textContent.trim() !== ''")
-    page.focus(".resp-card")
-    page.keyboard.press("Alt+ArrowDown")
+    page.wait_for_function("() => Boolean(window.rankTask && window.Sortable)")
+    page.fill("[data-rationale]", "A is clearest.")
     page.wait_for_function("() => document.querySelector('[data-draft-status]').textContent.includes('Draft saved')",
                            timeout=30_000)
     violations = page.evaluate("() => window.__csp")
