@@ -31,6 +31,7 @@ from annotate.services.drafts import StaleDraft, get_draft, save_draft
 from annotate.services.errors import TaskConflict, TaskNotFound
 from annotate.services.queue import get_assignment, lease_next_task
 from annotate.services.submission import skip_task, submit_ranking
+from webapp.boundary import parse_id
 
 SUBMIT_FIELDS = ("tiers", "ratings", "flags", "rationale", "all_bad", "seconds_spent")
 
@@ -221,7 +222,8 @@ class RankingList(generics.ListAPIView):
         qs = Ranking.objects.select_related("annotator", "prompt").order_by("pk")
         params = self.request.query_params
         if params.get("project"):
-            qs = qs.filter(prompt__project_id=params["project"]) if params["project"].isdigit() else qs.none()
+            project_id = parse_id(params["project"])
+            qs = qs.filter(prompt__project_id=project_id) if project_id is not None else qs.none()
         if params.get("annotator"):
             qs = qs.filter(annotator__username=params["annotator"])
         if params.get("source"):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.decorators import api_view, permission_classes
+from rest_framework.decorators import api_view, parser_classes, permission_classes
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response as ApiResponse
@@ -20,6 +20,8 @@ from annotate.models import DatasetSnapshot, Project
 from annotate.services.exporting import FORMATS, GROUPS, ExportError, export_snapshot, snapshot_dir_for
 from annotate.services.importing import ImportFailed, api_records, import_records
 from annotate.services.stats import project_quality
+from webapp import limits
+from webapp.boundary import UploadJSONParser, json_size, max_record_bytes, parse_id, record_too_large
 
 STAFF = [IsAuthenticated, IsAdminUser]
 
@@ -30,7 +32,7 @@ class ImportRequestSerializer(serializers.Serializer):
         child=serializers.JSONField(), allow_empty=False,
         help_text="Records: {prompt, id?, metadata?, responses?, ranking?, …} (see docs/architecture.md).",
     )
-    round = serializers.IntegerField(required=False, min_value=1, allow_null=True)
+    round = serializers.IntegerField(required=False, min_value=1, max_value=limits.MAX_DB_INT, allow_null=True)
     source = serializers.CharField(required=False, max_length=200, default="api",
                                    help_text="Recorded as the prompts' source (default 'api').")
 
@@ -53,16 +55,19 @@ class ImportSummarySerializer(serializers.Serializer):
     request=ImportRequestSerializer,
     responses={
         201: ImportSummarySerializer,
-        400: inline_serializer("ImportRejected", {
-            "detail": serializers.CharField(), "errors": serializers.ListField(child=serializers.CharField()),
-            "summary": ImportSummarySerializer(allow_null=True),
-        }),
-        413: OpenApiTypes.OBJECT,
+        400: OpenApiResponse(
+            OpenApiTypes.OBJECT,
+            description="Nothing was imported: {detail, errors: ['record 3, field ...: ...'], summary} when records "
+            "were rejected, or {field: [message]} when the request itself is malformed (a field, invalid Unicode, "
+            "nesting deeper than the limit).",
+        ),
+        413: OpenApiResponse(OpenApiTypes.OBJECT, description="The body is over WORKBENCH_MAX_UPLOAD_BYTES."),
     },
     summary="Import prompts (all or nothing)",
 )
 @api_view(["POST"])
 @permission_classes(STAFF)
+@parser_classes([UploadJSONParser])
 def import_view(request: Request) -> ApiResponse:
     limit = settings.WORKBENCH_MAX_UPLOAD_BYTES
     try:
@@ -77,6 +82,19 @@ def import_view(request: Request) -> ApiResponse:
     body = ImportRequestSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
+    # The same per-record limit as a JSONL line or a CSV row of an imported file.
+    limit = max_record_bytes()
+    oversized = [
+        f"record {number}: {record_too_large(limit)}"
+        for number, record in enumerate(data["records"], start=1)
+        if json_size(record) > limit
+    ]
+    if oversized:
+        return ApiResponse(
+            {"detail": f"Nothing was imported: {len(oversized)} of {len(data['records'])} records were rejected.",
+             "errors": oversized[:50], "summary": None},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     try:
         summary = import_records(
             project_name=data["project"],
@@ -109,10 +127,10 @@ def import_view(request: Request) -> ApiResponse:
 @permission_classes(STAFF)
 def quality_view(request: Request, project_id: int) -> ApiResponse:
     project = get_object_or_404(Project, pk=project_id)
-    try:
-        rounds = sorted({int(r) for r in request.query_params.getlist("round")}) or None
-    except ValueError:
-        return ApiResponse({"round": ["Rounds are integers."]}, status=status.HTTP_400_BAD_REQUEST)
+    parsed = [parse_id(r) for r in request.query_params.getlist("round")]
+    if any(r is None for r in parsed):
+        return ApiResponse({"round": ["Rounds are whole numbers (1, 2, …)."]}, status=status.HTTP_400_BAD_REQUEST)
+    rounds = sorted(set(parsed)) or None
     include = request.query_params.get("consensus", "").lower() in {"1", "true", "yes"}
     return ApiResponse(project_quality(project=project, rounds=rounds, include_consensus=include))
 
@@ -131,7 +149,8 @@ class ExportRequestSerializer(serializers.Serializer):
     drop_flagged = serializers.BooleanField(default=False)
     drop_all_bad = serializers.BooleanField(default=False)
     group = serializers.ChoiceField(choices=GROUPS, default="per-annotator")
-    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, allow_null=True)
+    rounds = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=limits.MAX_DB_INT),
+                                   required=False, allow_null=True)
 
 
 @extend_schema(

@@ -15,6 +15,8 @@ import nh3
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from webapp.boundary import scrub_text
+
 _FENCE = re.compile(r"^\s{0,3}(```+|~~~+)\s*([\w+#.-]*)[^\n]*$")
 # A response longer than this is collapsed on the ranking page until the annotator expands it.
 COLLAPSE_CHARS = 700
@@ -92,7 +94,8 @@ _ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "
 
 def render_markdown(text: str) -> SafeString:
     """Guidelines Markdown → HTML, sanitised with nh3 (no scripts, no event handlers, safe URL schemes)."""
-    html = markdown.markdown(text or "", extensions=["extra", "sane_lists"], output_format="html")
+    # nh3 (Rust) cannot take a lone surrogate: stored text that holds one renders with U+FFFD instead.
+    html = markdown.markdown(scrub_text(text or ""), extensions=["extra", "sane_lists"], output_format="html")
     clean = nh3.clean(
         html,
         tags=_ALLOWED_TAGS,

@@ -16,6 +16,7 @@ from annotate.models import (
     Response,
 )
 from annotate.services.queue import responses_in_display_order
+from webapp.limits import MAX_DB_INT
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -82,7 +83,8 @@ class TaskSerializer(serializers.ModelSerializer):
 
 
 class NextTaskRequestSerializer(serializers.Serializer):
-    project = serializers.IntegerField(required=False, help_text="Project id; any of your projects when omitted.")
+    project = serializers.IntegerField(required=False, min_value=1, max_value=MAX_DB_INT,
+                                       help_text="Project id; any of your projects when omitted.")
 
 
 class SubmitSerializer(serializers.Serializer):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import string
 
 from django.contrib import messages
@@ -21,6 +20,7 @@ from annotate.services.drafts import StaleDraft, save_draft
 from annotate.services.errors import TaskConflict, TaskNotFound
 from annotate.services.queue import get_assignment, is_lease_live, lease_next_task, responses_in_display_order
 from annotate.services.submission import skip_task, submit_ranking
+from webapp.boundary import BoundaryError, max_body_bytes, parse_json, read_json_body, scrub
 
 SUBMIT_FIELDS = ("tiers", "ratings", "flags", "rationale", "all_bad", "seconds_spent")
 
@@ -59,8 +59,10 @@ def _task_context(request: HttpRequest, assignment: Assignment, *, flash: str = 
     responses = responses_in_display_order(assignment=assignment)
     draft = Draft.objects.filter(assignment=assignment).first()
     state = _default_state(assignment)
-    if draft is not None:
-        state.update({k: v for k, v in draft.state.items() if v is not None})
+    if draft is not None and isinstance(draft.state, dict):
+        # scrub: a draft stored before the boundary checks may hold lone surrogates; U+FFFD lets the page render
+        # and the next autosave store valid text, so the annotator is never stuck on this task.
+        state.update({k: v for k, v in scrub(draft.state).items() if v is not None})
     labels = {r.pk: string.ascii_uppercase[i] for i, r in enumerate(responses)}
     cards = {
         r.pk: {
@@ -225,9 +227,9 @@ def draft(request: HttpRequest, assignment_id: int) -> JsonResponse:
         saved = Draft.objects.filter(assignment=assignment).first()
         return JsonResponse(_draft_json(saved))
     try:
-        body = json.loads(request.body or b"")
-    except (ValueError, UnicodeDecodeError):
-        return JsonResponse({"errors": {"body": ["The request body must be JSON."]}}, status=400)
+        body = read_json_body(request)
+    except BoundaryError as exc:
+        return JsonResponse({"errors": exc.as_dict()}, status=exc.status)
     if not isinstance(body, dict):
         return JsonResponse({"errors": {"body": ["The request body must be a JSON object."]}}, status=400)
     try:
@@ -253,7 +255,7 @@ def draft(request: HttpRequest, assignment_id: int) -> JsonResponse:
 def _draft_json(saved: Draft | None) -> dict:
     if saved is None:
         return {"revision": 0, "state": None, "updated_at": None}
-    return {"revision": saved.revision, "state": saved.state, "updated_at": saved.updated_at.isoformat()}
+    return {"revision": saved.revision, "state": scrub(saved.state), "updated_at": saved.updated_at.isoformat()}
 
 
 @require_POST
@@ -262,9 +264,13 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     target = f"#submit-status-{assignment.pk}"
     try:
-        payload = json.loads(request.POST.get("payload") or "")
-    except ValueError:
-        payload = None
+        payload = parse_json(request.POST.get("payload") or "", max_bytes=max_body_bytes())
+    except BoundaryError as exc:
+        if exc.field == "body":
+            errors = {"payload": [f"The ranking could not be read (it {exc.message.rstrip('.')}); reload the page."]}
+        else:
+            errors = exc.as_dict()
+        return _problem(request, assignment, errors, status=exc.status, target=target)
     if not isinstance(payload, dict):
         return _problem(request, assignment, {"payload": ["The ranking could not be read; reload the page."]},
                         status=400, target=target)

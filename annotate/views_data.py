@@ -85,7 +85,8 @@ def import_upload_view(request: HttpRequest, project_id: int) -> HttpResponse:
                     )
                 except ImportFailed as exc:
                     errors = exc.errors
-                    summary = exc.summary
+                    # A file-level problem (no 'prompt' column, not CSV…) rejects no record: no "0 of 0" count.
+                    summary = exc.summary if exc.summary is not None and exc.summary.rejected else None
                 else:
                     messages.success(request, str(summary))
                     return redirect("annotate_data:import_upload", project_id=project.pk)

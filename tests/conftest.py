@@ -29,6 +29,15 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    """The API throttles count requests in the cache (per user, per address): every test starts from zero, so
+    the suite as a whole never trips the per-minute rates."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from webapp import limits
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("WORKBENCH_VAR_DIR", BASE_DIR / "var")).resolve()
 
@@ -49,6 +51,7 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "rest_framework.authtoken",
+    "axes",
     "drf_spectacular",
     "django_htmx",
     "django_tasks",
@@ -69,6 +72,8 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    # Query strings and form fields: invalid Unicode, NUL and over-long values are a 400 naming the field.
+    "webapp.boundary.BoundaryMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Login everywhere: every view needs a logged-in user unless marked @login_not_required
     # (the login page; the REST API, which authenticates tokens itself and answers 401/403).
@@ -76,13 +81,32 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # django-axes: lockout after repeated failed logins; must stay the last middleware.
+    "axes.middleware.AxesMiddleware",
 ]
+
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed logins (login page and POST /api/auth/token/): after this many in a row for one username, or from one
+# address, logging in is refused for the cool-off time with a clear message (429). A success resets the count.
+AXES_FAILURE_LIMIT = int(os.environ.get("WORKBENCH_LOGIN_FAILURE_LIMIT", "10"))
+AXES_COOLOFF_TIME = float(os.environ.get("WORKBENCH_LOGIN_COOLOFF_MINUTES", "15")) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "webapp.auth.lockout_response"
+AXES_IPWARE_PROXY_COUNT = 1 if _env_bool("DJANGO_BEHIND_PROXY", False) else None
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ("HTTP_X_FORWARDED_FOR", "REMOTE_ADDR") if _env_bool("DJANGO_BEHIND_PROXY", False) else ("REMOTE_ADDR",)
+)
 
 ROOT_URLCONF = "webapp.urls"
 
 TEMPLATES = [
     {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        # Django's templates, except that stored lone surrogates render as U+FFFD instead of failing the page.
+        "BACKEND": "webapp.boundary.SurrogateSafeTemplates",
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -193,8 +217,14 @@ CONTENT_SECURITY_POLICY = {
 DATABASE_UNAVAILABLE_RETRY_AFTER = int(os.environ.get("WORKBENCH_DB_RETRY_AFTER", "5"))
 
 # Uploads (prompt files): refuse bodies over this size with a clear message.
-WORKBENCH_MAX_UPLOAD_BYTES = int(os.environ.get("WORKBENCH_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# The input limits are defined in webapp/limits.py (env-overridable) and enforced by webapp/boundary.py.
+WORKBENCH_MAX_UPLOAD_BYTES = limits.MAX_UPLOAD_BYTES
+WORKBENCH_MAX_BODY_BYTES = limits.MAX_BODY_BYTES
+WORKBENCH_MAX_IMPORT_RECORD_BYTES = limits.MAX_IMPORT_RECORD_BYTES
+WORKBENCH_MAX_JSON_DEPTH = limits.MAX_JSON_DEPTH
+# Django's own cap on a non-file body: the import API takes a body up to the upload limit, so Django must not
+# refuse it earlier (with its HTML 400); the boundary parser applies the smaller body limit everywhere else.
+DATA_UPLOAD_MAX_MEMORY_SIZE = WORKBENCH_MAX_UPLOAD_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # --- Workbench roots ----------------------------------------------------------------------------------
@@ -218,6 +248,26 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "webapp.boundary.BoundaryJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": [
+        "webapp.boundary.SafeJSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    # Per-client request rates (env-configurable; generous: a human annotator makes a few requests a minute).
+    # "auth" is the token endpoint's scope (it also counts towards the login lockout).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("WORKBENCH_THROTTLE_ANON", "300/minute"),
+        "user": os.environ.get("WORKBENCH_THROTTLE_USER", "6000/minute"),
+        "auth": os.environ.get("WORKBENCH_THROTTLE_AUTH", "30/minute"),
+    },
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
 }
@@ -242,5 +292,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # axes logs every login at INFO; lockouts are WARNINGs.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

@@ -5,6 +5,8 @@ from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from webapp import auth
+
 SWAGGER_CSP = {
     "script-src": ["https://cdn.jsdelivr.net"],
     "style-src": ["https://cdn.jsdelivr.net", "'unsafe-inline'"],
@@ -20,6 +22,7 @@ urlpatterns = [
     # this page alone may load (plus the inline <style> of drf-spectacular's template).
     path("api/docs/", csp_update(SWAGGER_CSP)(SpectacularSwaggerSplitView.as_view(url_name="api-schema")),
          name="api-docs"),
+    path("api/auth/token/", login_not_required(auth.obtain_token), name="api-token"),
     path("api/", include("annotate.api_urls")),
     path("api/", include("training.api_urls")),
     path("dashboard/", include("training.urls")),

@@ -57,6 +57,7 @@ from training.rlhf.data import (
     parquet_rows,
     tier_issues,
 )
+from webapp.boundary import BoundaryError, check_value, too_deep
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 MAX_REPORTED_ERRORS = 50
@@ -332,6 +333,9 @@ def read_csv(stream: BinaryIO, name: str, limit: int, advance: Advance = _no_pro
                     record[column] = json.loads(cell)
                 except json.JSONDecodeError as exc:
                     bad = RecordError(location, f"not valid JSON: {exc.msg} (column {exc.colno})", column)
+                    break
+                except RecursionError:
+                    bad = RecordError(location, f"not valid JSON: {too_deep()}", column)
                     break
             elif column in ("prompt", "id", "prompt_id", "annotator", "rationale"):
                 record[column] = cell
@@ -655,6 +659,11 @@ def import_records(
                 summary.records += 1
                 if isinstance(raw, RecordError):
                     writer.reject([raw])
+                    continue
+                try:  # the boundary's checks: invalid Unicode, NUL, nesting depth, unstorable numbers
+                    check_value(raw)
+                except BoundaryError as exc:
+                    writer.reject([RecordError(location, exc.message, exc.field)])
                     continue
                 clean, errors = validate_record(location, raw, k_min=project.k_min, k_max=project.k_max)
                 if errors:
