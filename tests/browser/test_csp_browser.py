@@ -90,3 +90,44 @@ def test_pages_work_with_zero_csp_violations(page, live_server, world):
 
     refused = [text for text in console if "Content Security Policy" in text or text.startswith("Refused to")]
     assert violations == [] and refused == [], (violations, refused)
+
+
+def test_a_503_on_submit_keeps_the_task_and_says_so(page, live_server, world):
+    """The database is down (the server's 503 is stood in for by Playwright): the ranking page swaps nothing,
+    shows the message next to the button, and the next submit (database back) goes through."""
+    import json
+
+    from annotate.models import Ranking
+
+    page.add_init_script(WATCH_VIOLATIONS)
+    page.set_default_timeout(20_000)
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", "csp-boss")
+    page.fill("#id_password", "csp-browser-pw-1")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    assignment = world["assignment"]
+    page.goto(f"{live_server.url}/rank/{assignment.pk}/")
+    page.wait_for_function("() => Boolean(window.rankTask && window.Sortable)")
+    for _ in range(10):  # rank every response (where the page starts them unranked), one "place" at a time
+        place = page.locator("[data-move=place]:visible")
+        if not place.count():
+            break
+        place.first.click()
+    body = {"detail": "The database is unavailable right now; nothing was saved by this request.",
+            "code": "database_unavailable", "retry_after": 5}
+    page.route("**/submit/", lambda route: route.fulfill(status=503, headers={"Retry-After": "5"},
+                                                        content_type="application/json", body=json.dumps(body)))
+    page.click("button.primary[type=submit]")
+    status = page.locator(f"#submit-status-{assignment.pk} [role=alert]")
+    status.wait_for()
+    assert "database is unavailable" in status.inner_text()
+    assert page.locator(f"[data-rank-task][data-assignment='{assignment.pk}']").count() == 1  # task kept
+    assert not Ranking.objects.filter(assignment=assignment).exists()
+    page.unroute("**/submit/")
+    page.click("button.primary[type=submit]")
+    page.wait_for_function(
+        "id => !document.querySelector(`[data-rank-task][data-assignment='${id}']`)", arg=assignment.pk
+    )
+    assert Ranking.objects.filter(assignment=assignment).count() == 1
+    assert page.evaluate("() => window.__csp") == []
