@@ -16,6 +16,8 @@ import os
 import pytest
 import schemathesis
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from django.test import override_settings
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, Phase, given
@@ -68,6 +70,18 @@ def real_ids() -> dict[str, list[int]]:
     }
 
 
+@pytest.fixture
+def keep_connection():
+    """Calling the WSGI handler directly fires request_started/finished, whose close_old_connections would close
+    the test's connection (it is inside the test transaction: not autocommit) — on PostgreSQL every later query
+    then fails. Django's own test client disconnects it the same way."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
 def load_schema():
     spec = SchemaGenerator().get_schema(request=None, public=True)
     ids = real_ids()
@@ -83,7 +97,7 @@ def load_schema():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("who", ["annotator", "staff"])
-def test_api_matches_its_schema_and_never_fails(world, who, settings, tmp_path):
+def test_api_matches_its_schema_and_never_fails(world, who, settings, tmp_path, keep_connection):
     # launches that get through write under these roots: keep them out of var/
     settings.WORKBENCH_RUNS_ROOT = tmp_path / "runs"
     settings.WORKBENCH_DATA_ROOT = tmp_path / "data"
