@@ -46,6 +46,7 @@ from django.utils.crypto import salted_hmac
 
 from annotate.agreement import consensus_ranking, ordered_pairs
 from annotate.models import DatasetSnapshot, Project, Ranking, Response
+from webapp.boundary import scrub
 
 FORMATS = ("datasets", "parquet", "jsonl")
 GROUPS = ("per-annotator", "consensus")
@@ -243,7 +244,7 @@ def _ranking_record(prompt, ranking: Ranking, texts: dict[int, str]) -> dict:
         "flags": [sorted(flags.get(str(rid)) or []) for rid in ids],
         "all_bad": bool(ranking.all_bad),
         "source": ranking.source,
-        "metadata": prompt.metadata or {},
+        "metadata": scrub(prompt.metadata or {}),
     }
 
 
@@ -272,7 +273,7 @@ def _consensus_record(prompt, rankings: list[Ranking], texts: dict[int, str]) ->
         "flags": flags,
         "all_bad": 2 * sum(r.all_bad for r in rankings) > len(rankings),
         "source": "consensus",
-        "metadata": prompt.metadata or {},
+        "metadata": scrub(prompt.metadata or {}),
     }
 
 
@@ -502,7 +503,9 @@ def export_prompts(*, project: Project, path: str | Path) -> tuple[Path, int]:
         if prompt.text_hash in seen:
             continue
         seen.add(prompt.text_hash)
-        record = {"id": prompt.external_id or str(prompt.pk), "prompt": prompt.text, "metadata": prompt.metadata}
+        # scrub: metadata stored before the boundary checks may hold lone surrogates, which UTF-8 cannot write
+        record = {"id": prompt.external_id or str(prompt.pk), "prompt": prompt.text,
+                  "metadata": scrub(prompt.metadata)}
         lines.append(json.dumps(record, ensure_ascii=False))
     if not lines:
         raise ExportError(f"Project {project.name!r} has no prompts.")

@@ -213,6 +213,20 @@ def test_stored_metadata_with_a_lone_surrogate_renders(client, staff, staff_api,
     assert admin.status_code == 200
 
 
+def test_stored_metadata_with_a_lone_surrogate_exports(project, alice, lease, tmp_path):
+    """The PPO launch exports the project's prompts: stored lone surrogates come out as U+FFFD, not a crash."""
+    sqlite_only()
+    from annotate.services.exporting import export_prompts, export_snapshot
+
+    Prompt.objects.filter(project=project).update(metadata={"note": "bad \ud800"})
+    submit_ranking(annotator=alice, assignment_id=lease.pk, tiers=valid_tiers(lease))
+    path, count = export_prompts(project=project, path=tmp_path / "prompts.jsonl")
+    assert count == 3 and "bad \ufffd" in path.read_text(encoding="utf-8")
+    snapshot = export_snapshot(project=project, out_dir=tmp_path / "snap", format="jsonl", test_fraction=0)
+    assert "bad \ufffd" in (tmp_path / "snap" / "kwise" / "train.jsonl").read_text(encoding="utf-8")
+    assert snapshot.counts["kwise"]["train"] == 1
+
+
 # --- item 3: deep nesting --------------------------------------------------------------------------------------
 
 
