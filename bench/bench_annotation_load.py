@@ -57,6 +57,8 @@ class RunResult:
     error_samples: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     server_5xx_in_log: int = 0
+    import_records: int = 0  # an import of this many records ran during the whole run
+    import_seconds: float | None = None
 
     def pct(self, endpoint: str, q: float) -> float | None:
         values = sorted(self.latencies_ms.get(endpoint, []))
@@ -162,10 +164,12 @@ class Tally:
         self.submitted: set[int] = set()  # ranking ids answered 2xx
         self.drafts: dict[int, int] = {}  # assignment → last 2xx draft revision (cleared by submit/skip)
         self.finished: set[int] = set()
+        self.import_seconds: float | None = None
 
 
-async def annotator(*, http, base: str, user_id: int, world: dict, mode: str, deadline: float, rng: random.Random,
-                    tally: Tally, skip_rate: float, abandon_rate: float) -> None:
+async def annotator(*, http, base: str, user_id: int, world: dict, mode: str, rng: random.Random,
+                    tally: Tally, skip_rate: float, abandon_rate: float, deadline_of) -> None:
+    """One annotator's loop until ``deadline_of()`` (a monotonic time; it can move while the run goes on)."""
     import aiohttp
 
     api = {"Authorization": f"Token {world['tokens'][user_id]}"}
@@ -190,7 +194,7 @@ async def annotator(*, http, base: str, user_id: int, world: dict, mode: str, de
             return status, None
         return status, (json.loads(data) if data and data[:1] in (b"{", b"[") else data)
 
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline_of():
         await think()
         status, task = await call("next", "POST", "/api/tasks/next/", headers=api, body={"project": world["project"]})
         if status == 204:
@@ -246,8 +250,22 @@ async def warm_up(*, http, base: str, world: dict, seconds: float = 30.0) -> Non
             return
 
 
+def import_in_background(path: Path) -> float:
+    """Import a file into the load project (the annotators' project) as `import_prompts` would; seconds taken."""
+    from django.db import connection
+
+    from annotate.services.importing import import_file
+
+    started = time.monotonic()
+    try:
+        import_file(path=path, project_name="Load", round=2)
+    finally:
+        connection.close()
+    return time.monotonic() - started
+
+
 async def drive(*, base: str, world: dict, annotators: int, mode: str, seconds: float, seed: int,
-                skip_rate: float, abandon_rate: float) -> tuple[Tally, float]:
+                skip_rate: float, abandon_rate: float, import_path: Path | None = None) -> tuple[Tally, float]:
     import aiohttp
 
     tally = Tally()
@@ -257,12 +275,25 @@ async def drive(*, base: str, world: dict, annotators: int, mode: str, seconds: 
         await warm_up(http=http, base=base, world=world)
         started = time.monotonic()
         deadline = started + seconds
-        await asyncio.gather(*[
-            annotator(http=http, base=base, user_id=uid, world=world, mode=mode, deadline=deadline,
+        if import_path is not None:  # the run lasts exactly as long as the import
+            deadline = started + 24 * 3600
+            importing = asyncio.create_task(asyncio.to_thread(import_in_background, import_path))
+
+            async def end_with_import():
+                nonlocal deadline
+                tally.import_seconds = await importing
+                deadline = time.monotonic()
+
+            watcher = asyncio.create_task(end_with_import())
+        work = [
+            annotator(http=http, base=base, user_id=uid, world=world, mode=mode, deadline_of=lambda: deadline,
                       rng=random.Random(f"{seed}:{uid}"), tally=tally, skip_rate=skip_rate,
                       abandon_rate=abandon_rate)
             for uid in world["users"][:annotators]
-        ])
+        ]
+        if import_path is not None:
+            work.append(watcher)
+        await asyncio.gather(*work)
         elapsed = time.monotonic() - started
     return tally, elapsed
 
@@ -328,6 +359,14 @@ def worker_main(spec: dict) -> list[dict]:
     print(f"  [{spec['db']}] {spec['prompts']} prompts × {spec['k']} set up in {time.monotonic() - t0:.1f} s",
           file=sys.stderr, flush=True)
     tmp = Path(spec["tmp"])
+    import_path = None
+    if spec.get("import_records"):
+        import_path = tmp / "import.jsonl"
+        with import_path.open("w") as out:
+            for i in range(spec["import_records"]):
+                out.write(json.dumps({"id": f"imp-{i}", "prompt": f"Imported prompt {i}: explain topic {i}.",
+                                      "responses": [f"Imported answer {j} to {i}. " + "words " * 30
+                                                    for j in range(spec["k"])]}) + "\n")
     results = []
     for mode in spec["modes"]:
         for n in spec["annotators"]:
@@ -339,7 +378,7 @@ def worker_main(spec: dict) -> list[dict]:
                 tally, elapsed = asyncio.run(drive(
                     base=f"http://127.0.0.1:{port}", world=world, annotators=n, mode=mode,
                     seconds=spec["seconds"], seed=spec["seed"], skip_rate=spec["skip_rate"],
-                    abandon_rate=spec["abandon_rate"],
+                    abandon_rate=spec["abandon_rate"], import_path=import_path,
                 ))
             finally:
                 server.terminate()
@@ -350,7 +389,11 @@ def worker_main(spec: dict) -> list[dict]:
                 latencies_ms=dict(tally.latencies), submits=len(tally.submitted), errors=len(tally.errors),
                 error_samples=tally.errors[:5], checks=check_database(project_id=world["project"], tally=tally),
                 server_5xx_in_log=text.count("Internal Server Error") + text.count("Traceback"),
+                import_records=spec.get("import_records") or 0, import_seconds=tally.import_seconds,
             )
+            if import_path is not None:  # the next run imports the same file again: remove round 2
+                from annotate.models import Prompt
+                Prompt.objects.filter(project_id=world["project"], round=2).delete()
             print("  " + summary_line(result), file=sys.stderr, flush=True)
             results.append(asdict(result))
     return results
@@ -374,7 +417,7 @@ def run_matrix(args) -> list[RunResult]:
                 spec = {"db": db, "prompts": prompts, "k": args.responses, "per_prompt": args.per_prompt,
                         "annotators": args.annotators, "modes": args.mode, "seconds": args.seconds,
                         "seed": args.seed, "skip_rate": args.skip_rate, "abandon_rate": args.abandon_rate,
-                        "tmp": tmp}
+                        "tmp": tmp, "import_records": args.during_import}
                 try:
                     child = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=REPO, env=env,
                                            stdout=subprocess.PIPE, text=True)
@@ -394,12 +437,16 @@ def fmt(value: float | None) -> str:
 
 def summary_line(r: RunResult) -> str:
     parts = [f"{r.db} {r.mode} P={r.prompts} N={r.annotators}:"]
+    if r.import_records:
+        parts.append(f"(during an import of {r.import_records:,} records, {r.import_seconds:.0f} s)")
     for e in ENDPOINTS:
         if r.latencies_ms.get(e):
             parts.append(f"{e} {fmt(r.pct(e, .5))}/{fmt(r.pct(e, .95))}/{fmt(r.pct(e, .99))} ms")
     parts.append(f"{r.submits / r.seconds:.1f} submits/s, {r.errors} errors")
     failed = [name for name, ok in r.checks.items() if not ok]
     parts.append("checks OK" if not failed else "CHECKS FAILED: " + ", ".join(failed))
+    if r.error_samples:
+        parts.append("first errors: " + " | ".join(r.error_samples[:3]))
     return " ".join(parts)
 
 
@@ -411,7 +458,8 @@ def table(results: list[RunResult]) -> str:
         cells = [f"{fmt(r.pct(e, .5))} / {fmt(r.pct(e, .95))} / {fmt(r.pct(e, .99))}" if r.latencies_ms.get(e)
                  else "–" for e in ENDPOINTS]
         failed = [name for name, ok in r.checks.items() if not ok]
-        lines.append(f"| {r.db} | {r.mode} | {r.prompts:,} | {r.annotators} | " + " | ".join(cells)
+        load = r.mode if not r.import_records else f"{r.mode}, importing {r.import_records:,} ({r.import_seconds:.0f} s)"
+        lines.append(f"| {r.db} | {load} | {r.prompts:,} | {r.annotators} | " + " | ".join(cells)
                      + f" | {r.submits / r.seconds:.1f} | {r.errors} | {'all hold' if not failed else ', '.join(failed)} |")
     return "\n".join(lines)
 
@@ -444,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-rate", type=float, default=0.05)
     parser.add_argument("--abandon-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--during-import", type=int, default=0, metavar="RECORDS",
+                        help="Import a file of this many records (K responses each) into the project while the "
+                        "annotators work; each run lasts as long as the import.")
     parser.add_argument("--write-results", action="store_true", help="Replace this section of bench/RESULTS.md.")
     parser.add_argument("--note", default="", help="Appended under the table (machine, conditions).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -17,6 +17,14 @@ timeout = int(os.environ.get("WORKBENCH_REQUEST_TIMEOUT", "60"))  # seconds befo
 graceful_timeout = 30
 # Load Django once in the master and fork the workers from it: faster (re)starts, shared memory.
 preload_app = True
+
+
+def post_fork(server, worker):
+    """No database connection may cross fork() (SQLite's locks and PostgreSQL's sockets are per process)."""
+    from django.db import connections
+
+    connections.close_all()
+
 keepalive = 5
 # A worker is replaced after this many requests (plus jitter) to bound slow memory growth.
 max_requests = int(os.environ.get("WORKBENCH_MAX_REQUESTS", "2000"))

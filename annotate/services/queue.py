@@ -31,7 +31,7 @@ import random
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, Exists, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -120,14 +120,34 @@ def _lock_next_candidate(*, annotator, project_ids: list[int], now: datetime, tr
         project_ids = [project_id for _, project_id in sorted(heads)]
     for wait in (False, True):
         for project_id in project_ids:
-            candidates = candidate_prompts(annotator=annotator, project_ids=[project_id], now=now).exclude(pk__in=tried)
-            if wait:
-                prompt = candidates.select_for_update(of=("self",), no_key=True).first()
-            else:
-                prompt = candidates.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
+            prompt = _first_candidate(annotator_id=annotator.pk, project_id=project_id, now=now, tried=tried,
+                                      lock="wait" if wait else "skip_locked")
             if prompt is not None:
                 return prompt
     return None
+
+
+def _first_candidate(*, annotator_id: int, project_id: int, now: datetime, tried: list[int], lock: str) -> Prompt | None:
+    """`candidate_prompts` for one project, its first row locked, in plain SQL: this runs on every lease, and
+    compiling the ORM query cost more than running it. (The test suite checks both give the same prompt.)"""
+    features = connection.features
+    lock_sql = ""
+    if features.has_select_for_update:
+        lock_sql = " FOR NO KEY UPDATE OF p" if features.has_select_for_no_key_update else " FOR UPDATE OF p"
+        if lock == "skip_locked":
+            lock_sql += " SKIP LOCKED"
+    not_tried = f"AND p.id NOT IN ({', '.join(['%s'] * len(tried))})" if tried else ""
+    sql = f"""
+        SELECT p.id, p.project_id FROM annotate_prompt p
+        WHERE p.project_id = %s AND p.open_from IS NOT NULL AND p.open_from <= %s {not_tried}
+          AND NOT EXISTS (SELECT 1 FROM annotate_assignment a WHERE a.prompt_id = p.id AND a.annotator_id = %s
+                          AND a.state IN (%s, %s))
+          AND NOT EXISTS (SELECT 1 FROM annotate_ranking r WHERE r.prompt_id = p.id AND r.annotator_id = %s)
+        ORDER BY p.num_rankings, p.round, p.id
+        LIMIT 1{lock_sql}"""
+    params = [project_id, connection.ops.adapt_datetimefield_value(now), *tried, annotator_id, *FINISHED_STATES,
+              annotator_id]
+    return next(iter(Prompt.objects.raw(sql, params)), None)
 
 
 def open_slots(*, prompt: Prompt, annotator, now: datetime) -> int:
@@ -137,12 +157,20 @@ def open_slots(*, prompt: Prompt, annotator, now: datetime) -> int:
     One statement, so one snapshot: a concurrent submit turns a live lease into a ranking in one transaction,
     and under READ COMMITTED two separate counts could see the ranking missing in the first and the lease gone
     in the second (the slot counted free twice over, and the prompt over-assigned)."""
-    needed, rankings, others = (
-        annotate_prompt_counts(Prompt.objects.filter(pk=prompt.pk), now=now, annotator=annotator)
-        .values_list("project__annotators_per_prompt", "n_rankings", "n_live_others")
-        .get()
-    )
-    return needed - rankings - others
+    with connection.cursor() as cursor:
+        cursor.execute(_OPEN_SLOTS_SQL, [annotator.pk, connection.ops.adapt_datetimefield_value(now), prompt.pk])
+        return cursor.fetchone()[0]
+
+
+# needed − rankings − live leases of others, in one statement (one snapshot); plain SQL for the reason above.
+_OPEN_SLOTS_SQL = """
+SELECT j.annotators_per_prompt
+       - (SELECT COUNT(*) FROM annotate_ranking r WHERE r.prompt_id = p.id)
+       - (SELECT COUNT(*) FROM annotate_assignment a WHERE a.prompt_id = p.id AND a.annotator_id <> %s
+          AND a.state = 'leased' AND a.lease_expires_at > %s)
+FROM annotate_prompt p JOIN annotate_project j ON j.id = p.project_id
+WHERE p.id = %s
+"""
 
 
 def lock_prompt(*, prompt_id: int) -> Prompt:

@@ -10,7 +10,13 @@ from django.utils import timezone
 
 from annotate.models import ALWAYS_OPEN, Assignment, Prompt, Ranking, Response
 from annotate.services.drafts import save_draft
-from annotate.services.queue import annotate_prompt_counts, candidate_prompts, lease_next_task
+from annotate.services.queue import (
+    _first_candidate,
+    annotate_prompt_counts,
+    candidate_prompts,
+    lease_next_task,
+    open_slots,
+)
 from annotate.services.submission import skip_task, submit_ranking
 
 pytestmark = pytest.mark.django_db
@@ -52,6 +58,14 @@ def test_random_queue_traffic_keeps_the_index_exact(seed, make_project, make_use
                        now=now)
         # else: abandoned, the lease runs out
         assert_index_holds(project, now=now)
+        for someone in users:  # the lease's plain-SQL queries say what the ORM versions say
+            orm = candidate_prompts(annotator=someone, project_ids=[project.pk], now=now).first()
+            raw = _first_candidate(annotator_id=someone.pk, project_id=project.pk, now=now, tried=[], lock="wait")
+            assert (orm and orm.pk) == (raw and raw.pk)
+            if orm is not None:
+                counted = annotate_prompt_counts(Prompt.objects.filter(pk=orm.pk), now=now, annotator=someone).get()
+                assert open_slots(prompt=orm, annotator=someone, now=now) == (
+                    project.annotators_per_prompt - counted.n_rankings - counted.n_live_others)
     # Work remains offered exactly while it is needed: once everyone has been served, nothing is open.
     assert Ranking.objects.filter(prompt__project=project).count() <= 8 * 2
 
