@@ -1,8 +1,11 @@
-"""Turning stored text into safe HTML: guidelines (Markdown, sanitised) and model output (always escaped).
+"""Turning stored text into safe HTML: guidelines (Markdown, sanitised) and model output.
 
-Model output is untrusted: it is escaped, never interpreted as HTML or Markdown. Only two things of its shape
-are kept: line breaks (the block is rendered with ``white-space: pre-wrap``) and fenced code blocks (```),
-which become ``<pre><code>`` blocks, still escaped.
+Model output is untrusted. By default (`Project.render_markdown`) it is rendered as Markdown the way chat models
+write it — headings, lists, tables, fenced code highlighted by Pygments — with any raw HTML in it shown as text
+(Python-Markdown's documented way: the raw-HTML block and inline processors are removed) and the result
+sanitised by nh3 with a small allow-list (no images, no styles, only Pygments' token classes). The plain
+rendering (`render_model_text`) escapes everything and keeps only line breaks and fenced code blocks; the
+ranking page also shows it on request ("Show raw").
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import markdown
 import nh3
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from pygments.token import STANDARD_TYPES
 
 from webapp.boundary import scrub_text
 
@@ -104,3 +108,73 @@ def render_markdown(text: str) -> SafeString:
         link_rel="noopener noreferrer nofollow",
     )
     return mark_safe(clean)  # noqa: S308 - sanitised by nh3 just above
+
+
+# --- model output as Markdown -------------------------------------------------------------------------------------
+
+_MODEL_TAGS = {
+    "a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "div", "dl", "dt", "em", "h1", "h2", "h3", "h4",
+    "h5", "h6", "hr", "i", "kbd", "li", "ol", "p", "pre", "s", "span", "strong", "sub", "sup", "table", "tbody",
+    "td", "th", "thead", "tr", "ul",
+}
+_MODEL_ATTRIBUTES = {"a": {"href", "title"}, "abbr": {"title"}, "td": {"align"}, "th": {"align"}}
+# Pygments' short token classes (k, nb, s1, …) and the block class: nothing else may set a class.
+_HIGHLIGHT_CLASS = "hl"
+_MODEL_CLASSES = {"div": {_HIGHLIGHT_CLASS}, "span": {c for c in STANDARD_TYPES.values() if c}}
+
+
+def _model_markdown() -> markdown.Markdown:
+    md = markdown.Markdown(
+        # nl2br: a line break the model wrote stays one (a poem, an address), as in the raw text.
+        extensions=["tables", "fenced_code", "def_list", "sane_lists", "nl2br", "codehilite"],
+        extension_configs={
+            "tables": {"use_align_attribute": True},  # align="…", not an inline style (the CSP forbids those)
+            "codehilite": {"guess_lang": False, "css_class": _HIGHLIGHT_CLASS},
+        },
+        output_format="html",
+    )
+    # Raw HTML in model output is text to read, not markup: escaped instead of passed through.
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    # No images (they would load from anywhere): ![alt](url) reads as "!" and a link to the url.
+    for name in ("image_link", "image_reference", "short_image_ref"):
+        if name in md.inlinePatterns:
+            md.inlinePatterns.deregister(name)
+    return md
+
+
+def render_model_markdown(text: str) -> SafeString:
+    """Model output (a prompt or a response) as sanitised Markdown: code highlighted, raw HTML escaped."""
+    html = _model_markdown().convert(scrub_text(text or ""))
+    clean = nh3.clean(
+        html,
+        tags=_MODEL_TAGS,
+        attributes=_MODEL_ATTRIBUTES,
+        allowed_classes=_MODEL_CLASSES,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    )
+    return mark_safe(clean)  # noqa: S308 - sanitised by nh3 just above
+
+
+# Characters and line starts that Markdown gives a meaning to; text without any renders as itself.
+_MARKUP = re.compile(r"[*_`#|\[\]<>&~\\]|^\s*(?:[-+]|\d+[.)])\s|^\s{4}\S|^\s*(?:=+|-+)\s*$", re.MULTILINE)
+
+
+def has_markup(text: str) -> bool:
+    """Whether Markdown could render this text differently from how it reads raw (then "Show raw" is offered)."""
+    return bool(_MARKUP.search(text or ""))
+
+
+def render_model_output(text: str, *, as_markdown: bool) -> SafeString:
+    """The project's choice: Markdown (`render_model_markdown`) or plain escaped text (`render_model_text`)."""
+    return render_model_markdown(text) if as_markdown else render_model_text(text)
+
+
+def plain_excerpt(text: str, *, chars: int = 160) -> str:
+    """One line of a response for lists (the history page): whitespace collapsed, cut at a word."""
+    flat = " ".join(scrub_text(text or "").split())
+    if len(flat) <= chars:
+        return flat
+    cut = flat[:chars].rsplit(" ", 1)[0] or flat[:chars]
+    return cut + " …"

@@ -1,6 +1,7 @@
 from django.urls import path
+from django.views.decorators.cache import never_cache
 
-from annotate import views
+from annotate import views, views_history
 
 app_name = "annotate"
 urlpatterns = [
@@ -9,7 +10,11 @@ urlpatterns = [
     path("projects/<int:project_id>/join/", views.project_join, name="project_join"),
     path("projects/<int:project_id>/start/", views.start, name="start"),
     path("projects/<int:project_id>/guidelines/", views.guidelines, name="guidelines"),
-    path("rank/<int:assignment_id>/", views.rank, name="rank"),
+    # never_cache (no-store): Back after a submit reloads the page, which then says it was submitted.
+    path("rank/<int:assignment_id>/", never_cache(views.rank), name="rank"),
+    path("rank/<int:assignment_id>/reopen/", views_history.reopen, name="reopen"),
+    path("rankings/mine/", views_history.my_rankings, name="history"),
+    path("favicon.ico", views_history.favicon, name="favicon"),
     path("rank/<int:assignment_id>/draft/", views.draft, name="draft"),
     path("rank/<int:assignment_id>/submit/", views.submit, name="submit"),
     path("rank/<int:assignment_id>/skip/", views.skip, name="skip"),

@@ -14,11 +14,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotate.forms import SKIP_REASONS, SkipForm, form_errors
 from annotate.models import LIKERT_MAX, LIKERT_MIN, RESPONSE_FLAGS, Assignment, Draft, Project
-from annotate.rendering import is_long, render_markdown, render_model_text
+from annotate.rendering import has_markup, is_long, render_markdown, render_model_output, render_model_text
 from annotate.selectors import is_member, project_progress, projects_for_user
 from annotate.services.drafts import StaleDraft, save_draft
 from annotate.services.errors import TaskConflict, TaskNotFound
 from annotate.services.queue import get_assignment, is_lease_live, lease_next_task, responses_in_display_order
+from annotate.services.revisions import reopen_blocker
 from annotate.services.submission import skip_task, submit_ranking
 from webapp.boundary import BoundaryError, max_body_bytes, parse_json, read_json_body, scrub
 
@@ -45,7 +46,7 @@ def _own_assignment(request: HttpRequest, assignment_id: int) -> Assignment:
 
 def _default_state(assignment: Assignment) -> dict:
     return {
-        "tiers": [[rid] for rid in assignment.display_order],
+        "tiers": [],  # every response starts unplaced: the shown order must not look like a ranking
         "ratings": {},
         "flags": {},
         "rationale": "",
@@ -68,7 +69,8 @@ def _task_context(request: HttpRequest, assignment: Assignment, *, flash: str = 
         r.pk: {
             "id": r.pk,
             "label": labels[r.pk],
-            "html": render_model_text(r.text),
+            "html": render_model_output(r.text, as_markdown=project.render_markdown),
+            "raw_html": render_model_text(r.text) if project.render_markdown and has_markup(r.text) else None,
             "long": is_long(r.text),
             "rating": state["ratings"].get(str(r.pk)),
             "flags": state["flags"].get(str(r.pk), []),
@@ -77,6 +79,8 @@ def _task_context(request: HttpRequest, assignment: Assignment, *, flash: str = 
     }
     tiers = [[cards[rid] for rid in tier if rid in cards] for tier in state["tiers"]]
     tiers = [tier for tier in tiers if tier]
+    placed = {card["id"] for tier in tiers for card in tier}
+    unplaced = [cards[r.pk] for r in responses if r.pk not in placed]
     config = {
         "assignment": assignment.pk,
         "display_order": assignment.display_order,
@@ -93,8 +97,9 @@ def _task_context(request: HttpRequest, assignment: Assignment, *, flash: str = 
         "assignment": assignment,
         "project": project,
         "prompt": assignment.prompt,
-        "prompt_html": render_model_text(assignment.prompt.text),
+        "prompt_html": render_model_output(assignment.prompt.text, as_markdown=project.render_markdown),
         "tiers": tiers,
+        "unplaced": unplaced,
         "state": state,
         "draft": draft,
         "config": config,
@@ -105,6 +110,7 @@ def _task_context(request: HttpRequest, assignment: Assignment, *, flash: str = 
         "skip_reasons": SKIP_REASONS,
         "flash": flash,
         "finished": assignment.state in (Assignment.State.SUBMITTED, Assignment.State.SKIPPED),
+        "reopenable": reopen_blocker(annotator=request.user, assignment=assignment) is None,
     }
 
 

@@ -190,6 +190,20 @@ def clean_submission(
     return payload
 
 
+def clean_draft_tiers(tiers: Any, *, display_order: list[int], errors: dict[str, list[str]]) -> list[list[int]]:
+    """A draft's tiers hold the responses placed so far: the ranking page starts every response unplaced, so a
+    draft may leave some out (they are the unplaced ones; ``[]`` when none is placed yet). Otherwise the rules of
+    `clean_tiers` hold: no unknown id, none twice, no empty tier."""
+    if isinstance(tiers, list) and not tiers:
+        return []
+    if isinstance(tiers, list) and all(isinstance(t, list) for t in tiers):
+        placed = {item for tier in tiers for item in tier if _is_int(item)}
+        unplaced = [rid for rid in display_order if rid not in placed]
+        if unplaced:  # checked as one more tier at the end, so the positions named in messages stay the payload's
+            return clean_tiers([*tiers, unplaced], display_order=display_order, errors=errors)[:-1]
+    return clean_tiers(tiers, display_order=display_order, errors=errors)
+
+
 def clean_draft_state(state: Any, *, display_order: list[int]) -> dict[str, Any]:
     """A draft holds the same fields as a submission, each optional. Unknown keys are refused so a typo in a
     client does not silently lose work."""
@@ -201,7 +215,7 @@ def clean_draft_state(state: Any, *, display_order: list[int]) -> dict[str, Any]
     errors: dict[str, list[str]] = {}
     clean: dict[str, Any] = {}
     if "tiers" in state and state["tiers"] is not None:
-        clean["tiers"] = clean_tiers(state["tiers"], display_order=display_order, errors=errors)
+        clean["tiers"] = clean_draft_tiers(state["tiers"], display_order=display_order, errors=errors)
     clean["ratings"] = clean_ratings(state.get("ratings"), display_order=display_order, errors=errors)
     clean["flags"] = clean_flags(state.get("flags"), display_order=display_order, errors=errors)
     raw_rationale = state.get("rationale")

@@ -1,8 +1,11 @@
-/* The ranking page: response cards in tiers (best first), moved by dragging (SortableJS) or by keyboard,
- * rated 1–7 and flagged, autosaved as a server-side draft, submitted with htmx.
+/* The ranking page: response cards start "not ranked yet" and are placed into tiers (best first) by dragging
+ * (SortableJS) or by keyboard, rated 1–7 and flagged, autosaved as a server-side draft, submitted with htmx.
  *
- * State of one task: {tiers: [[id, …], …], ratings: {id: 1..7}, flags: {id: [key, …]}, rationale, all_bad,
- * seconds_spent}. The DOM is rebuilt from the state after every change, reusing the card elements.
+ * State of one task: {tiers: [[id, …], …], unplaced: [id, …], ratings: {id: 1..7}, flags: {id: [key, …]},
+ * rationale, all_bad, seconds_spent}. The tiers hold the placed responses; the unplaced ones are every other
+ * displayed response, in display order (a draft stores the tiers only; the server derives the rest the same
+ * way). A submit needs every response placed (ties allowed). The DOM is rebuilt from the state after every
+ * change, reusing the card elements.
  */
 (function () {
   "use strict";
@@ -10,6 +13,23 @@
   const SAVE_DELAY_MS = 700;
   const RETRY_MS = 5000;
   let current = null; // the RankTask on the page (one at a time)
+  let lastSubmitted = null; // {reopenUrl, historyUrl, prompt, leaseUntil} of the task whose submit is in flight
+
+  // Back after a submit must never show the submitted task as an editable copy: the ranking page keeps no
+  // htmx history snapshot (hx-history="false" on #task), so going back is a history miss, which reloads the
+  // page from the server (no-store), which then says "already submitted" and offers "Edit" or "Next".
+  if (window.htmx) window.htmx.config.refreshOnHistoryMiss = true;
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && document.querySelector("[data-rank-task]")) window.location.reload();
+  });
+
+  function storageGet(key) {
+    try { return window.localStorage.getItem(key); } catch (err) { return null; }
+  }
+
+  function storageSet(key, value) {
+    try { window.localStorage.setItem(key, value); } catch (err) { /* storage unavailable */ }
+  }
 
   function csrfToken(root) {
     const input = root.querySelector("input[name=csrfmiddlewaretoken]");
@@ -38,7 +58,13 @@
       this.baseSeconds = Number(this.state.seconds_spent) || 0;
       this.activeMs = 0;
       this.activeSince = document.visibilityState === "visible" ? Date.now() : null;
+      this.ranker = el.querySelector("[data-ranker]");
       this.list = el.querySelector("[data-tier-list]");
+      this.unplacedSection = el.querySelector("[data-unplaced-section]");
+      this.unplacedZone = el.querySelector("[data-drop=unplaced]");
+      this.unplacedCount = el.querySelector("[data-unplaced-count]");
+      this.placeHint = el.querySelector("[data-place-hint]");
+      this.submitStatus = el.querySelector(".rank-form + .submit-status");
       this.form = el.querySelector("form.rank-form");
       this.statusEl = el.querySelector("[data-draft-status]");
       this.cards = new Map();
@@ -51,14 +77,21 @@
       this.submitting = false;
       this.bind();
       this.render();
-      const shortcuts = el.querySelector("details.shortcuts");
+      // The keys panel is closed unless the annotator left it open (one key away: "?").
+      const shortcuts = el.querySelector("[data-shortcuts]");
       if (shortcuts) {
-        try {
-          if (window.localStorage.getItem("rank.shortcuts") === "closed") shortcuts.open = false;
-          shortcuts.addEventListener("toggle", () => {
-            window.localStorage.setItem("rank.shortcuts", shortcuts.open ? "open" : "closed");
-          });
-        } catch (err) { /* storage unavailable: keep the panel open */ }
+        shortcuts.open = storageGet("rank.shortcuts") === "open";
+        shortcuts.addEventListener("toggle", () => storageSet("rank.shortcuts", shortcuts.open ? "open" : "closed"));
+      }
+      // Ratings and flags can be hidden for annotators who only rank (the keys 1–7 still rate).
+      const extras = el.querySelector("[data-toggle-extras]");
+      if (extras) {
+        this.setExtras(storageGet("rank.extras") !== "hidden", extras);
+        extras.addEventListener("click", () => {
+          const shown = !this.ranker.classList.contains("no-extras");
+          this.setExtras(!shown, extras);
+          storageSet("rank.extras", shown ? "hidden" : "shown");
+        });
       }
       el.querySelectorAll("time[data-lease-until]").forEach((t) => {
         t.textContent = new Date(t.getAttribute("datetime")).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -67,12 +100,12 @@
 
     normalise(state) {
       const shown = new Set(this.displayOrder);
-      let tiers = Array.isArray(state && state.tiers) ? state.tiers.map((t) => t.filter((id) => shown.has(id))) : [];
-      tiers = tiers.filter((t) => t.length);
-      const seen = new Set(tiers.flat());
-      if (seen.size !== shown.size) tiers = this.displayOrder.map((id) => [id]);
+      const seen = new Set();
+      let tiers = Array.isArray(state && state.tiers) ? state.tiers.filter(Array.isArray) : [];
+      tiers = tiers.map((t) => t.filter((id) => shown.has(id) && !seen.has(id) && seen.add(id))).filter((t) => t.length);
       return {
         tiers: tiers,
+        unplaced: this.displayOrder.filter((id) => !seen.has(id)),
         ratings: Object.assign({}, state && state.ratings),
         flags: Object.assign({}, state && state.flags),
         rationale: (state && state.rationale) || "",
@@ -84,8 +117,8 @@
     // --- wiring -------------------------------------------------------------------------------------------------
 
     bind() {
-      this.list.addEventListener("keydown", (e) => this.onKey(e));
-      this.list.addEventListener("click", (e) => {
+      this.ranker.addEventListener("keydown", (e) => this.onKey(e));
+      this.ranker.addEventListener("click", (e) => {
         const button = e.target.closest("button[data-move]");
         if (button) {
           const id = Number(button.closest(".resp-card").dataset.responseId);
@@ -93,8 +126,10 @@
         }
         const toggle = e.target.closest("button.toggle-long");
         if (toggle) this.toggleLong(toggle.closest(".resp-card"));
+        const raw = e.target.closest("button.toggle-raw");
+        if (raw) this.toggleRaw(raw.closest(".resp-card"));
       });
-      this.list.addEventListener("change", (e) => {
+      this.ranker.addEventListener("change", (e) => {
         const card = e.target.closest(".resp-card");
         if (!card) return;
         const id = Number(card.dataset.responseId);
@@ -129,6 +164,13 @@
         this.form.addEventListener("htmx:beforeRequest", () => {
           this.submitting = true;
           clearTimeout(this.saveTimer);
+          const lease = this.el.querySelector("time[data-lease-until]");
+          lastSubmitted = {
+            reopenUrl: this.el.dataset.reopenUrl,
+            historyUrl: this.el.dataset.historyUrl,
+            prompt: this.el.dataset.prompt,
+            leaseUntil: lease ? new Date(lease.getAttribute("datetime")) : null,
+          };
         });
         this.form.addEventListener("htmx:afterRequest", () => { this.submitting = false; });
       }
@@ -177,8 +219,19 @@
       });
       items.push(gap());
       this.list.replaceChildren(...items);
+      this.list.classList.toggle("empty", total === 0);
+      const unplaced = this.state.unplaced.map((id) => this.cards.get(id));
+      unplaced.forEach((card) => {
+        delete card.dataset.tier;
+        card.querySelector("[data-rank-badge]").textContent = "";
+      });
+      if (this.unplacedZone) this.unplacedZone.replaceChildren(...unplaced);
+      unplaced.forEach((card) => this.updateCard(card));
+      if (this.unplacedSection) this.unplacedSection.hidden = unplaced.length === 0;
+      if (this.unplacedCount) this.unplacedCount.textContent = String(unplaced.length);
+      this.updatePlaceHint();
       if (window.Sortable) {
-        this.list.querySelectorAll(".tier-cards").forEach((zone) => {
+        this.ranker.querySelectorAll(".tier-cards").forEach((zone) => {
           this.sortables.push(new window.Sortable(zone, {
             group: "rank-cards-" + this.config.assignment,
             draggable: ".resp-card",
@@ -212,11 +265,15 @@
         const pos = this.locate(id);
         index = pos[0];
         total = this.state.tiers.length;
-        size = this.state.tiers[index].length;
+        size = index >= 0 ? this.state.tiers[index].length : 0;
       }
+      const placed = index >= 0;
+      card.classList.toggle("placed", placed);
+      card.classList.toggle("unplaced", !placed);
       const rating = this.state.ratings[id];
       const flags = this.state.flags[id] || [];
-      const parts = [`Response ${label}`, size > 1 ? `rank ${index + 1} of ${total}, tied` : `rank ${index + 1} of ${total}`];
+      const where = !placed ? "not ranked yet" : size > 1 ? `rank ${index + 1} of ${total}, tied` : `rank ${index + 1} of ${total}`;
+      const parts = [`Response ${label}`, where];
       if (rating) parts.push(`rated ${rating} of 7`);
       if (flags.length) parts.push(`${flags.length} flag${flags.length > 1 ? "s" : ""}`);
       card.setAttribute("aria-label", parts.join(", "));
@@ -230,8 +287,32 @@
       const untie = card.querySelector("[data-move=untie]");
       if (up) up.disabled = index === 0 && size === 1;
       if (down) down.disabled = index === total - 1 && size === 1;
-      if (tie) tie.disabled = index === 0;
-      if (untie) untie.disabled = size === 1;
+      if (tie) {
+        tie.disabled = placed ? index === 0 : total === 0;
+        tie.title = placed ? "Tie with the rank above (T)" : "Add it to the last rank, as a tie (T)";
+        tie.setAttribute("aria-label", placed ? `Tie response ${label} with the rank above`
+          : `Add response ${label} to the last rank, as a tie`);
+      }
+      if (untie) untie.disabled = size <= 1;
+    }
+
+    updatePlaceHint() {
+      if (!this.placeHint) return;
+      const left = this.state.unplaced.length;
+      const all = this.displayOrder.length;
+      this.placeHint.textContent = left
+        ? `${left} of ${all} response${all > 1 ? "s" : ""} still to place.`
+        : `All ${all} placed.`;
+      this.placeHint.classList.toggle("ready", left === 0);
+      if (!left && this.submitStatus && this.submitStatus.querySelector("[data-unplaced-problem]")) {
+        this.submitStatus.textContent = "";
+      }
+    }
+
+    setExtras(shown, button) {
+      this.ranker.classList.toggle("no-extras", !shown);
+      button.textContent = shown ? "Hide ratings" : "Show ratings";
+      button.setAttribute("aria-pressed", String(!shown));
     }
 
     readDom() {
@@ -241,6 +322,13 @@
         if (ids.length) tiers.push(ids);
       });
       this.state.tiers = tiers;
+      const placed = new Set(tiers.flat());
+      // Unplaced cards keep the display order whatever order they were dropped back in.
+      this.state.unplaced = this.displayOrder.filter((id) => !placed.has(id));
+    }
+
+    visualOrder() {
+      return this.state.unplaced.concat(this.state.tiers.flat());
     }
 
     // --- moves ---------------------------------------------------------------------------------------------------------
@@ -256,8 +344,19 @@
     move(id, how, fromButton) {
       const tiers = this.state.tiers;
       const [t] = this.locate(id);
-      if (t < 0) return;
       const label = this.labels[id];
+      if (t < 0) return this.moveUnplaced(id, how, fromButton);
+      if (how === "place") return;
+      if (how === "unplace") {
+        tiers[t] = tiers[t].filter((x) => x !== id);
+        if (!tiers[t].length) tiers.splice(t, 1);
+        this.state.unplaced = this.displayOrder.filter((x) => x === id || this.state.unplaced.includes(x));
+        this.render();
+        const next = this.cards.get(id);
+        if (next) next.focus();
+        this.changed();
+        return this.announce(`Response ${label} is not ranked any more.`);
+      }
       const alone = tiers[t].length === 1;
       const take = () => { tiers[t] = tiers[t].filter((x) => x !== id); };
       if (how === "up") {
@@ -289,15 +388,43 @@
       this.announcePosition(id);
     }
 
+    moveUnplaced(id, how, fromButton) {
+      const tiers = this.state.tiers;
+      const label = this.labels[id];
+      if (how === "down") return this.announce(`Response ${label} is not ranked yet: press K to add it to the ranking.`);
+      if (how === "untie" || how === "unplace") return this.announce(`Response ${label} is not ranked yet.`);
+      if (how !== "up" && how !== "place" && how !== "tie") return;
+      const following = this.state.unplaced[this.state.unplaced.indexOf(id) + 1];
+      this.state.unplaced = this.state.unplaced.filter((x) => x !== id);
+      if (how === "tie" && tiers.length) tiers[tiers.length - 1].push(id);
+      else tiers.push([id]);
+      this.render();
+      // Placing goes on with the next card still to place (so that K K K … ranks them in reading order);
+      // when none is left the focus stays with the card.
+      const nextId = following !== undefined ? following : this.state.unplaced[0];
+      const target = this.cards.get(nextId !== undefined ? nextId : id);
+      if (fromButton && nextId === undefined) {
+        const button = this.cards.get(id).querySelector("[data-move=up]");
+        (button && !button.disabled ? button : this.cards.get(id)).focus();
+      } else {
+        target.focus();
+      }
+      this.changed();
+      this.announcePosition(id);
+    }
+
     announcePosition(id) {
       const [t] = this.locate(id);
+      if (t < 0) return this.announce(`Response ${this.labels[id]}: not ranked yet.`);
       const tier = this.state.tiers[t];
       const label = this.labels[id];
+      const left = this.state.unplaced.length;
+      const rest = left ? ` ${left} still to place.` : "";
       if (tier.length > 1) {
         const others = tier.filter((x) => x !== id).map((x) => this.labels[x]).join(", ");
-        this.announce(`Response ${label}: rank ${t + 1} of ${this.state.tiers.length}, tied with ${others}.`);
+        this.announce(`Response ${label}: rank ${t + 1} of ${this.state.tiers.length}, tied with ${others}.${rest}`);
       } else {
-        this.announce(`Response ${label}: rank ${t + 1} of ${this.state.tiers.length}.`);
+        this.announce(`Response ${label}: rank ${t + 1} of ${this.state.tiers.length}.${rest}`);
       }
     }
 
@@ -312,12 +439,26 @@
     }
 
     toggleLong(card) {
-      const body = card.querySelector(".resp-body.collapsible");
+      const bodies = card.querySelectorAll(".resp-body.collapsible");
       const button = card.querySelector("button.toggle-long");
-      if (!body || !button) return;
-      const collapsed = body.classList.toggle("collapsed");
+      if (!bodies.length || !button) return;
+      const collapsed = !bodies[0].classList.contains("collapsed");
+      bodies.forEach((b) => b.classList.toggle("collapsed", collapsed));
       button.setAttribute("aria-expanded", String(!collapsed));
       button.textContent = collapsed ? "Show the full response" : "Show less";
+    }
+
+    toggleRaw(card) {
+      const rendered = card.querySelector("[data-body=rendered]");
+      const raw = card.querySelector("[data-body=raw]");
+      const button = card.querySelector("button.toggle-raw");
+      if (!rendered || !raw || !button) return;
+      const showRaw = raw.hidden;
+      raw.hidden = !showRaw;
+      rendered.hidden = showRaw;
+      button.setAttribute("aria-pressed", String(showRaw));
+      button.textContent = showRaw ? "Show formatted" : "Show raw";
+      this.announce(`Response ${this.labels[card.dataset.responseId]}: ${showRaw ? "raw text" : "formatted text"}.`);
     }
 
     // --- keyboard ---------------------------------------------------------------------------------------------------------
@@ -331,7 +472,7 @@
       const onControl = e.target.matches("input[type=radio], input[type=checkbox], button, summary");
       if (!onCard && !onControl) return;
       const id = Number(card.dataset.responseId);
-      const order = this.state.tiers.flat();
+      const order = this.visualOrder();
       const index = order.indexOf(id);
       const key = e.key;
       let handled = true;
@@ -349,7 +490,9 @@
       else if (key === "j" || key === "J") this.move(id, "down");
       else if (key === "t" || key === "T") this.move(id, "tie");
       else if (key === "u" || key === "U") this.move(id, "untie");
+      else if (key === "x" || key === "X" || (onCard && (key === "Delete" || key === "Backspace"))) this.move(id, "unplace");
       else if (key === "e" || key === "E") this.toggleLong(card);
+      else if (key === "r" || key === "R") this.toggleRaw(card);
       else if (/^[1-7]$/.test(key)) this.setRating(id, Number(key), true);
       else if (key === "0") this.setRating(id, 0, true);
       else handled = false;
@@ -497,20 +640,31 @@
 
     // --- submit ---------------------------------------------------------------------------------------------------------------
 
-    isUnchanged() {
-      const tiers = this.state.tiers;
-      return tiers.length === this.displayOrder.length && tiers.every((t, i) => t.length === 1 && t[0] === this.displayOrder[i]);
-    }
-
+    // A submit needs every response placed (ties allowed): until then it is refused here, saying how many
+    // are left and which (the server refuses an incomplete ranking too).
     confirmSubmit(e) {
-      if (e.detail.elt !== this.form || !this.isUnchanged()) return;
+      if (e.detail.elt !== this.form) return;
+      const left = this.state.unplaced;
+      if (!left.length) return;
       e.preventDefault();
-      const ok = window.confirm(
-        "You are submitting the responses in exactly the order they were shown, with no ties. " +
-        "Is that really your ranking? Choose OK to submit it, or Cancel to keep ranking."
-      );
-      if (ok) e.detail.issueRequest(true);
-      else this.announce("Not submitted.");
+      const names = left.map((id) => this.labels[id]).join(", ");
+      const message = `${left.length} response${left.length > 1 ? "s are" : " is"} not ranked yet (${names}): ` +
+        "place every response before submitting (ties are allowed).";
+      if (this.submitStatus) {
+        this.submitStatus.textContent = "";
+        const box = document.createElement("div");
+        box.className = "problem";
+        box.setAttribute("role", "alert");
+        box.dataset.unplacedProblem = "";
+        box.textContent = message;
+        this.submitStatus.appendChild(box);
+      }
+      this.announce(message);
+      const first = this.cards.get(left[0]);
+      if (first) {
+        first.focus({ preventScroll: true });
+        first.scrollIntoView({ block: "center" });
+      }
     }
 
     submit() {
@@ -554,11 +708,75 @@
     }
     const arrived = taskEl || doneEl;
     if (arrived && arrived.dataset.flash && root !== document.body) {
+      showSubmitted(arrived, arrived.dataset.flash);
       const heading = arrived.querySelector("h1");
       if (heading) heading.focus();
       const live = document.getElementById("rank-live");
       if (live) live.textContent = arrived.dataset.flash + (taskEl ? " Next prompt loaded." : "");
     }
+  }
+
+  // After a submit the next task swaps in: a banner at its top says that the ranking was taken, with "Undo"
+  // (it reopens the ranking as a draft, server-side, while the lease lasts) and a link to one's rankings.
+  function showSubmitted(arrived, flash) {
+    const done = lastSubmitted;
+    lastSubmitted = null;
+    const banner = document.createElement("div");
+    banner.className = "submitted-banner";
+    banner.setAttribute("role", "status");
+    banner.dataset.submittedBanner = "";
+    const text = document.createElement("span");
+    const submitted = /submitted/i.test(flash) && done;
+    text.textContent = submitted ? `✓ ${flash.replace(/\.$/, "")} (prompt #${done.prompt}).` : flash;
+    banner.appendChild(text);
+    if (submitted && done.reopenUrl && (!done.leaseUntil || done.leaseUntil > new Date())) {
+      const form = document.createElement("form");
+      form.method = "post";
+      form.action = done.reopenUrl;
+      form.className = "inline";
+      const token = document.createElement("input");
+      token.type = "hidden";
+      token.name = "csrfmiddlewaretoken";
+      token.value = csrfToken(document);
+      const undo = document.createElement("button");
+      undo.type = "submit";
+      undo.className = "link-button";
+      undo.textContent = "Undo";
+      undo.title = "Take this ranking back and change it";
+      form.append(token, undo);
+      banner.appendChild(form);
+      if (done.leaseUntil) {
+        const until = done.leaseUntil.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+        const note = document.createElement("span");
+        note.className = "muted";
+        note.textContent = `(until ${until})`;
+        banner.appendChild(note);
+        const ms = done.leaseUntil - new Date();
+        if (ms < 2 ** 31) window.setTimeout(() => { form.remove(); note.textContent = "(final now)"; }, ms);
+      }
+    }
+    if (done && done.historyUrl) {
+      const link = document.createElement("a");
+      link.href = done.historyUrl;
+      link.textContent = "My rankings";
+      banner.appendChild(link);
+    }
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "link-button banner-close";
+    close.setAttribute("aria-label", "Dismiss");
+    close.textContent = "×";
+    close.addEventListener("click", () => banner.remove());
+    banner.appendChild(close);
+    arrived.prepend(banner);
+  }
+
+  function toggleShortcuts() {
+    const panel = current && current.attached() ? current.el.querySelector("[data-shortcuts]") : null;
+    if (!panel) return false;
+    panel.open = !panel.open;
+    if (panel.open) panel.querySelector("summary").focus();
+    return true;
   }
 
   document.addEventListener("keydown", (e) => {
@@ -571,6 +789,20 @@
       e.target.matches("textarea, select, [contenteditable], input:not([type=radio]):not([type=checkbox])");
     if (!typing && !e.ctrlKey && !e.metaKey && !e.altKey && (e.key === "g" || e.key === "G")) {
       if (openGuidelines()) e.preventDefault();
+    }
+    if (!typing && !e.ctrlKey && !e.metaKey && e.key === "?") {
+      if (toggleShortcuts()) e.preventDefault();
+    }
+  });
+
+  // A refused submit or skip (400/409 fragment in its status box): bring it into view, with the focus on it.
+  document.addEventListener("htmx:afterSwap", (e) => {
+    const target = e.detail.target;
+    if (!target || !target.classList || !target.classList.contains("submit-status")) return;
+    const problem = target.querySelector("[data-problem]");
+    if (problem) {
+      problem.scrollIntoView({ block: "center" });
+      problem.focus({ preventScroll: true });
     }
   });
 

@@ -100,7 +100,7 @@ def test_ranking_page_shows_the_prompt_and_escaped_responses_in_display_order(al
     assert "<script>alert('x')</script>" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
     assert "Write &lt;b&gt;bold&lt;/b&gt; HTML" in html
     assert '<pre class="code"><code data-lang="python">if a &lt; b:\n    print(&#x27;&lt;tag&gt;&#x27;)</code></pre>' in html
-    assert "Line one\nLine two" in html
+    assert "Line one<br>\nLine two" in html  # Markdown (the default) keeps the model's line breaks
     assert "collapsible collapsed" in html and "Show the full response" in html
     # The guidelines dialog: Markdown rendered, the script removed.
     assert "<strong>brief</strong>" in html and "alert('g')" not in html
@@ -108,8 +108,12 @@ def test_ranking_page_shows_the_prompt_and_escaped_responses_in_display_order(al
     positions = [html.index(f'data-response-id="{rid}"') for rid in lease.display_order]
     assert positions == sorted(positions)
     for label in "ABCD":
-        assert f"Response {label}</h3>" in html
-    assert "Keyboard shortcuts" in html and 'aria-live="polite"' in html
+        assert f'<span class="visually-hidden">Response </span>{label}</h3>' in html
+    # Every response starts not ranked yet (no tiers, no rank badges); the keys panel is one key ("?") away.
+    assert html.count('data-drop="unplaced"') == 1 and '<li class="tier' not in html.split('data-tier-list', 1)[1].split(
+        "</ol>", 1)[0].replace('<li class="tier-gap"', "")
+    assert 'aria-keyshortcuts="?"' in html and "<details class=\"shortcuts\" data-shortcuts>" in html
+    assert 'aria-live="polite"' in html
 
 
 def test_ranking_page_restores_the_draft(alice_client, lease):
@@ -154,7 +158,7 @@ def test_blind_no_one_sees_anothers_ranking(client, make_project, alice, bob):
     html = client.get(reverse("annotate:rank", args=[bob_lease.pk])).content.decode()
     assert "ALICE-SECRET-RATIONALE" not in html
     config = json.loads(html.split('<script type="application/json">', 1)[1].split("</script>", 1)[0])
-    assert config["state"]["tiers"] == [[rid] for rid in bob_lease.display_order]
+    assert config["state"]["tiers"] == []  # nothing placed: every response starts unranked
     assert config["revision"] == 0
 
 
@@ -170,7 +174,7 @@ def test_htmx_submit_swaps_in_the_next_task_and_updates_progress(alice_client, l
     assert "data-rank-task" in html and f'data-assignment="{nxt.pk}"' in html
     assert 'id="task-progress" class="task-progress" hx-swap-oob="true"' in html
     assert '<strong data-stat="today">1</strong> done today' in html
-    assert '<strong data-stat="left">5</strong> left in project' in html
+    assert '<strong data-stat="left">5</strong> still needed (all annotators)' in html
     assert 'data-flash="Ranking submitted."' in html
 
 

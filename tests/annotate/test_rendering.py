@@ -36,3 +36,39 @@ def test_markdown_is_sanitised():
     html = render_markdown("# Title\n\n<script>alert(1)</script>\n\n[x](javascript:alert(1)) [ok](https://a.b)")
     assert "<h1>Title</h1>" in html and "<script>" not in html and "javascript:" not in html
     assert 'href="https://a.b"' in html and 'rel="noopener noreferrer nofollow"' in html
+
+
+# --- model output as Markdown (issue 16, item 11) -------------------------------------------------------------------
+
+from annotate.rendering import has_markup, plain_excerpt, render_model_markdown  # noqa: E402
+
+
+def test_model_markdown_renders_tables_lists_headings_and_highlighted_code():
+    html = render_model_markdown(
+        "## Plan\n\n1. **first**\n2. second\n\n| a | b |\n|:--|--:|\n| 1 | 2 |\n\n```python\ndef f():\n    return 1\n```"
+    )
+    assert "<h2>Plan</h2>" in html and "<ol>" in html and "<strong>first</strong>" in html
+    assert '<th align="left">a</th>' in html and '<td align="right">2</td>' in html
+    assert '<div class="hl"><pre>' in html and '<span class="k">def</span>' in html
+    assert "style=" not in html  # the CSP forbids inline styles: alignment is an attribute, colours are classes
+
+
+def test_model_markdown_shows_raw_html_as_text_and_keeps_nothing_dangerous():
+    html = render_model_markdown('<script>alert(1)</script>\n\n<img src=x onerror="alert(2)"> '
+                                 "[x](javascript:alert(3)) ![pic](https://example.org/p.png) <b>bold?</b>")
+    assert "<script" not in html and "<img" not in html and "&lt;img src=x onerror=" in html  # text, not a tag
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;bold?&lt;/b&gt;" in html
+    assert "javascript:" not in html and 'href="https://example.org/p.png"' not in html.split("![pic]")[0]
+
+
+def test_model_markdown_keeps_line_breaks_and_classes_only_from_pygments():
+    assert render_model_markdown("Line one\nLine two") == "<p>Line one<br>\nLine two</p>"
+    assert '<span class="evil"' not in render_model_markdown('<span class="evil">x</span>')
+    assert 'class="language-evil"' not in render_model_markdown("```evil\nx\n```")
+
+
+def test_has_markup_and_excerpt():
+    assert not has_markup("Lovely place, great coffee.") and not has_markup("Price: 5 - 3\nnext line")
+    assert all(has_markup(t) for t in ["a *b*", "- item", "1. one", "x | y", "`code`", "# h", "a <b>"])
+    assert plain_excerpt("a  b\n c") == "a b c"
+    assert plain_excerpt("word " * 100, chars=20) == "word word word word …"

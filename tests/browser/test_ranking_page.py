@@ -1,5 +1,8 @@
 """The ranking page in real Chromium: drag, keyboard only, ties, ratings and flags, drafts, double submit.
 
+Every response starts "not ranked yet"; `place_all` puts them into the ranking in display order first where a
+test is about what comes after.
+
 Each test logs an annotator in (session cookie), opens their task and checks what was stored in the database.
 """
 
@@ -105,8 +108,19 @@ def drag(page, source, target, *, target_y_fraction=0.5):
     tbox = target.bounding_box()
     page.mouse.move(tbox["x"] + tbox["width"] / 2, tbox["y"] + tbox["height"] * target_y_fraction, steps=12)
     page.wait_for_timeout(150)
+    # The lifted card may have left its zone (e.g. "not ranked yet" shrinks): aim again at where the target is now.
+    tbox = target.bounding_box()
+    page.mouse.move(tbox["x"] + tbox["width"] / 2, tbox["y"] + tbox["height"] * target_y_fraction, steps=4)
+    page.wait_for_timeout(150)
     page.mouse.up()
     page.wait_for_timeout(150)
+
+
+def place_all(page, ids):
+    """Put these (not yet ranked) responses into the ranking one after the other, with their "Rank it" buttons."""
+    for rid in ids:
+        card(page, rid).locator("[data-move=place]").click()
+    assert dom_tiers(page)[-len(ids):] == [[rid] for rid in ids]
 
 
 def submit_and_wait_for_next(page, previous: Assignment):
@@ -120,9 +134,14 @@ def test_rank_by_drag_then_next_task_arrives_without_reload(page, live_server, a
     assignment = open_task(page, live_server, annotator, project)
     a, b, c, d = assignment.display_order
     page.evaluate("window.__sameDocument = true")
-    # Drag D to the very top (the gap above the first rank), then B below C.
-    drag(page, card(page, d), page.locator("[data-tier-list] > li.tier-gap").first, target_y_fraction=0.2)
+    assert dom_tiers(page) == []  # nothing is ranked before the annotator ranks it
+    # Drag D from "not ranked yet" into the empty ranking; A, B and C by their buttons.
+    drag(page, card(page, d), page.locator("[data-tier-list] > li.tier-gap").first)
+    assert dom_tiers(page) == [[d]]
+    place_all(page, [a, b, c])
     assert dom_tiers(page) == [[d], [a], [b], [c]]
+    assert page.locator("[data-unplaced-section]").is_hidden()
+    # Then B below C.
     drag(page, card(page, b), page.locator("[data-tier-list] > li.tier-gap").last, target_y_fraction=0.8)
     assert dom_tiers(page) == [[d], [a], [c], [b]]
     assert "rank 1 of 4" in card(page, d).get_attribute("aria-label")
@@ -149,6 +168,12 @@ def test_rank_with_the_keyboard_only(page, live_server, annotator, project):
         if page.evaluate("document.activeElement.classList.contains('resp-card')"):
             break
     assert page.evaluate("Number(document.activeElement.dataset.responseId)") == a
+    assert "not ranked yet" in card(page, a).get_attribute("aria-label")
+    for _ in range(4):  # K places the focused card below the ranked ones; the focus moves on to the next
+        page.keyboard.press("k")
+    assert dom_tiers(page) == [[a], [b], [c], [d]]
+    assert page.evaluate("Number(document.activeElement.dataset.responseId)") == d
+    page.keyboard.press("Home")  # focus A
     page.keyboard.press("ArrowDown")  # focus B
     page.keyboard.press("ArrowDown")  # focus C
     page.keyboard.press("Alt+ArrowUp")  # C above B
@@ -176,6 +201,7 @@ def test_rank_with_the_keyboard_only(page, live_server, annotator, project):
 def test_make_a_tie_by_drag_and_by_keyboard(page, live_server, annotator, project):
     assignment = open_task(page, live_server, annotator, project)
     a, b, c, d = assignment.display_order
+    place_all(page, [a, b, c, d])
     # Drop C onto A's rank: a tie.
     drag(page, card(page, c), page.locator("[data-tier-list] > li.tier").nth(0).locator(".tier-cards"))
     assert dom_tiers(page) == [[a, c], [b], [d]] or dom_tiers(page) == [[c, a], [b], [d]]
@@ -198,10 +224,10 @@ def test_make_a_tie_by_drag_and_by_keyboard(page, live_server, annotator, projec
 def test_rate_flag_rationale_and_all_bad(page, live_server, annotator, project):
     assignment = open_task(page, live_server, annotator, project)
     a, b, c, d = assignment.display_order
-    page.keyboard.press("Tab")
+    place_all(page, [a, b, c, d])
     card(page, b).locator(".likert-option", has_text="3").click()
     card(page, a).locator(".likert-option", has_text="6").click()
-    card(page, a).locator("[data-move=down]").click()  # change the order so no confirmation is asked
+    card(page, a).locator("[data-move=down]").click()
     flags = card(page, b).locator("details.flags")
     flags.locator("summary").click()
     flags.get_by_label("Made-up facts").check()
@@ -222,6 +248,7 @@ def test_rate_flag_rationale_and_all_bad(page, live_server, annotator, project):
 def test_reload_and_another_device_get_the_draft_back(page, live_server, annotator, project, browser):
     assignment = open_task(page, live_server, annotator, project)
     a, b, c, d = assignment.display_order
+    place_all(page, [a, b, c, d])
     card(page, d).focus()
     page.keyboard.press("k")
     page.keyboard.press("t")  # D ties with B: A, [B, D], C
@@ -259,22 +286,19 @@ def test_reload_and_another_device_get_the_draft_back(page, live_server, annotat
     assert page.get_by_label("Rationale").input_value() == "edited on the phone"
 
 
-def test_double_submit_makes_one_ranking_and_unchanged_order_asks_first(page, live_server, annotator, project):
+def test_double_submit_makes_one_ranking_and_unplaced_responses_block_it(page, live_server, annotator, project):
     assignment = open_task(page, live_server, annotator, project)
-    dialogs = []
-
-    def answer(dialog):
-        dialogs.append(dialog.message)
-        dialog.dismiss() if len(dialogs) == 1 else dialog.accept()
-
-    page.on("dialog", answer)
-    page.get_by_role("button", name="Submit ranking").click()  # order exactly as displayed: asks, we cancel
+    a, b, c, d = assignment.display_order
+    place_all(page, [a, b])
+    page.get_by_role("button", name="Submit ranking").click()  # C and D are not placed: refused, saying so
+    expect(page.locator(".submit-status [role=alert]")).to_contain_text("2 responses are not ranked yet (C, D)")
     page.wait_for_timeout(300)
-    assert len(dialogs) == 1 and "exactly the order they were shown" in dialogs[0]
     assert not Ranking.objects.exists()
 
+    place_all(page, [c, d])
+    expect(page.locator(".submit-status [role=alert]")).to_have_count(0)  # the message goes once all are placed
     payload = page.evaluate("JSON.stringify(window.rankTask.payload())")
-    page.get_by_role("button", name="Submit ranking").dblclick()  # confirm again (accepted), twice as fast
+    page.get_by_role("button", name="Submit ranking").dblclick()  # twice as fast
     page.wait_for_function(
         "id => !document.querySelector(`[data-rank-task][data-assignment='${id}']`)", arg=assignment.pk
     )
@@ -298,6 +322,7 @@ def test_ranking_page_screenshot_and_small_screens(page, live_server, annotator,
     page.set_viewport_size({"width": 1200, "height": 1100})
     assignment = open_task(page, live_server, annotator, project)
     a, b, c, d = assignment.display_order
+    place_all(page, [a, b, c, d])
     card(page, c).focus()
     page.keyboard.press("t")
     page.keyboard.press("6")
