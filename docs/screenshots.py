@@ -106,13 +106,15 @@ def shoot(*, base: str, world: dict, out_dir: Path) -> list[Path]:
             page.wait_for_url("**/rank/*/")
             page.wait_for_function("() => Boolean(window.rankTask && window.Sortable)")
             cards = page.locator(".resp-card")
-            cards.nth(2).focus()
-            page.keyboard.press("t")  # tie it with the card above
-            cards.nth(0).locator(".likert-option", has_text="6").click()
+            cards.nth(0).focus()  # every response starts "not ranked yet": place two, tie a third with the second
+            page.keyboard.press("k")
+            page.keyboard.press("k")
+            page.keyboard.press("t")
+            page.locator("[data-tier-list] .resp-card").first.locator(".likert-option", has_text="6").click()
             page.wait_for_function(
                 "() => document.querySelector('[data-draft-status]').textContent.startsWith('Draft saved')")
             written.append(out_dir / "ranking-page.png")
-            page.screenshot(path=str(written[-1]))  # the top of the page: prompt, shortcuts, the first ranks
+            page.screenshot(path=str(written[-1]))  # the top of the page: prompt, cards still to place, the first ranks
             page.close()
 
             # Staff: the runs, the PPO run with its curves, the project's agreement statistics.
