@@ -18,8 +18,8 @@ blog "The N Implementation Details of RLHF with PPO", 2023):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,19 +165,6 @@ def generate_responses(
 
 
 # --- forward passes ----------------------------------------------------------------------------------------
-
-
-@contextmanager
-def eval_mode(*models: Any) -> Iterator[None]:
-    """The models in eval mode (no dropout, LoRA's included) for the block; their previous modes restored."""
-    modes = [model.training for model in models]
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for model, mode in zip(models, modes):
-            model.train(mode)
 
 
 def causal_lm_logits(model: Any, sequences: Sequences) -> torch.Tensor:
