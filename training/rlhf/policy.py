@@ -306,10 +306,8 @@ class PPOModels:
 def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "cpu") -> PPOModels:
     """Load actor, critic, reference and reward model for PPO (all dropout-free; reference and RM frozen).
 
-    Trainable weights are float32 (mixed precision comes from the accelerator's autocast); the frozen reward
-    model uses `frozen_dtype` (bf16 on GPUs to halve its memory; its head and calibration stay float32). The
-    frozen reference is float32 like the actor, so both take the same precision path under autocast (LoRA
-    memory mode needs no copy at all).
+    Trainable weights are float32 (mixed precision comes from the accelerator's autocast); the frozen models
+    use `frozen_dtype` (bf16 on GPUs to halve their memory).
     """
     from peft import get_peft_model
 
@@ -329,9 +327,7 @@ def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "c
             target_modules=settings.lora_target_modules, task_type="CAUSAL_LM",
         ))
     else:
-        # The reference in the actor's dtype (float32): under bf16 autocast both then run the same precision
-        # path, so the KL is exactly 0 while the actor equals the reference (a bf16 copy gave 1e-3 at step 1).
-        reference = freeze(load_policy_model(settings.policy, dtype=torch.float32,
+        reference = freeze(load_policy_model(settings.policy, dtype=settings.frozen_dtype,
                                              trust_remote_code=settings.trust_remote_code))
     if settings.gradient_checkpointing:
         enable_activation_checkpointing(actor)

@@ -451,10 +451,8 @@ class RewardModel(nn.Module):
     ) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) → rewards (B,), float32; raw head output when `calibrated=False`."""
         hidden = self.last_hidden(input_ids, attention_mask)
-        # The head and the calibration in float32 even under bf16 autocast (the backbone may run in bf16).
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            raw = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1)
-            return self.calibration.apply(raw) if calibrated else raw
+        raw = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1)
+        return self.calibration.apply(raw) if calibrated else raw
 
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], *, max_length: int | None = None
