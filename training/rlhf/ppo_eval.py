@@ -12,22 +12,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from training.rlhf import demo_task
 from training.rlhf.kl import kl_k1
 from training.rlhf.prompts import PromptRecord
 from training.rlhf.rollout import response_lengths
 
-if TYPE_CHECKING:
-    from training.rlhf.ppo_trainer import PolicyRuntime
-
 EVALUATION_FILE = "evaluation.json"
 EVAL_BEFORE_FILE = "evaluation_before.json"
 DELTA_METRICS = ("rm_score", "kl", "oracle_score")
 
 
-def evaluate_policy(runtime: PolicyRuntime, actor, critic, prompts: Sequence[PromptRecord], *, which: str,
+# `runtime` is a ppo_trainer.PolicyRuntime, not imported here: ppo_trainer imports this module.
+def evaluate_policy(runtime: Any, actor, critic, prompts: Sequence[PromptRecord], *, which: str,
                     demo: bool, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample one response per held-out prompt from the starting policy (`which="before"`, the reference) or
     the trained actor ("after"), with a fixed seed, and measure: mean calibrated RM score, KL to the reference
