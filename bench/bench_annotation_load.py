@@ -365,8 +365,8 @@ def worker_main(spec: dict) -> list[dict]:
         with import_path.open("w") as out:
             for i in range(spec["import_records"]):
                 out.write(json.dumps({"id": f"imp-{i}", "prompt": f"Imported prompt {i}: explain topic {i}.",
-                                      "responses": [f"Imported answer {j} to {i}. " + "words " * 30
-                                                    for j in range(spec["k"])]}) + "\n")
+                                      "responses": [f"Imported answer {j} to prompt {i}." for j in range(4)]})
+                          + "\n")
     results = []
     for mode in spec["modes"]:
         for n in spec["annotators"]:
@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--abandon-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--during-import", type=int, default=0, metavar="RECORDS",
-                        help="Import a file of this many records (K responses each) into the project while the "
+                        help="Import a file of this many records (4 short responses each) into the project while the "
                         "annotators work; each run lasts as long as the import.")
     parser.add_argument("--write-results", action="store_true", help="Replace this section of bench/RESULTS.md.")
     parser.add_argument("--note", default="", help="Appended under the table (machine, conditions).")
