@@ -61,7 +61,9 @@ from webapp.boundary import BoundaryError, check_value, too_deep
 
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
 MAX_REPORTED_ERRORS = 50
-BATCH_SIZE = 500
+# Records per write transaction: each batch is a short transaction of its own (annotators' writes queue behind
+# at most one batch; on SQLite there is one writer at a time).
+BATCH_SIZE = 100
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 UPLOAD_FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet")
 KNOWN_FIELDS = {
