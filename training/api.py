@@ -219,11 +219,12 @@ def cancel_run(request: Request, run_id: int) -> Response:
 @api_view(["POST"])
 @permission_classes(STAFF)
 def resume_run(request: Request, run_id: int) -> Response:
-    """A new run continuing this one from its last checkpoint (a retry from scratch when it has none). While a
-    resumption is queued or running, that one is answered (200): a repeated request launches one run. A run
-    that is active or succeeded cannot be resumed (409, with the reason)."""
+    """Queue this run again, continuing from its last checkpoint (a retry from scratch when it has none): the
+    same run, its metrics appended from the resumed step. While it is queued or running after a resume, it is
+    answered as it is (200): a repeated request queues one job. A run that is active (never resumed) or
+    succeeded cannot be resumed (409, with the reason)."""
     run = get_object_or_404(TrainingRun, pk=run_id)
-    already = run.resumes.filter(status__in=TrainingRun.ACTIVE_STATUSES).exists()
+    already = run.is_active
     try:
         new_run = launching.resume_run(run=run, created_by=request.user)
     except launching.RunConflict as exc:

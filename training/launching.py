@@ -6,8 +6,8 @@ in the calling process by a command). One pass, in this order:
    dataset path;
    PPO — the reward model a succeeded RM run reported (`outputs["reward_model"]`), and prompts from a file or
    a project (exported by `annotate.services.exporting.export_prompts` into the run's directory);
-2. the run row (queued) and its output directory: the one given (a resume continues in its parent's, a command
-   may name one), else `services.output_dir_of` — the only default;
+2. the run row (queued) and its output directory: the one given (a command may name one; a resume re-queues the
+   same row in its own directory, see `resume_run`), else `services.output_dir_of` — the only default;
 3. the config dataclass, built once from the options and the inputs; a `ConfigError` becomes a `LaunchError`
    naming the field, and nothing is left behind (the transaction rolls back, exported files are removed);
 4. enqueued for the worker (django-tasks), which runs `manage.py <kind's command> --run-id N`.
@@ -187,27 +187,58 @@ def can_resume(run: TrainingRun) -> bool:
 
 
 def resume_run(*, run: TrainingRun, created_by=None) -> TrainingRun:
-    """A new run that continues `run`: same config and output directory with resume on, so the trainer loads
-    the last checkpoint there; without a checkpoint, a retry from scratch in a fresh directory.
+    """Continue `run` itself: the same row is queued again with resume on, so the trainer loads the last
+    checkpoint in its output directory and its metrics are appended from the resumed step (one run page per
+    training); without a checkpoint, a retry from scratch (its earlier metrics, samples and evaluation cleared).
+    Each resume is recorded in `summary["resumes"]` (when, from which step, after which status).
 
-    Idempotent: while a resumption of `run` is queued or running, that one is returned (a double click
-    launches one run). Refused (RunConflict) while `run` itself is active, or when it succeeded."""
+    Idempotent: while the run is queued or running after a resume, it is returned as it is (a double click
+    queues one job). Refused (RunConflict) while a run that was never resumed is active, or when it succeeded."""
+    from training.models import Checkpoint, Metric, Sample
+
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().get(pk=run.pk)
-        live = run.resumes.filter(status__in=TrainingRun.ACTIVE_STATUSES).order_by("-created_at").first()
-        if live is not None:
-            return live
         if run.is_active:
+            if (run.summary or {}).get("resumes"):
+                return run
             raise RunConflict(f"Run {run.pk} is still {run.get_status_display().lower()}; cancel it first.")
         if run.status not in ENDED_UNFINISHED:
             raise RunConflict(f"Run {run.pk} succeeded; there is nothing to resume. Launch a new run instead.")
+        last = run.checkpoints.order_by("-step").first()
         options = dict(run.config or {})
-        options.pop("output_dir", None)
-        resuming = run.checkpoints.exists()
-        options["resume"] = "last" if resuming else ""
-        verb = "resume" if resuming else "retry"
-        return launch_run(
-            kind=run.kind, options=options, created_by=created_by, name=(run.name or f"run {run.pk}") + f" ({verb})",
-            project=run.project, snapshot=run.snapshot, reward_model_run=run.reward_model_run, resumed_from=run,
-            output_dir=run.output_dir if resuming else None,
-        )
+        options["resume"] = "last" if last is not None else ""
+        options["output_dir"] = str(output_dir_of(run))
+        inputs = INPUTS[run.kind](options=options, snapshot=run.snapshot, reward_model_run=run.reward_model_run,
+                                  project=run.project, written=[])  # as the first launch linked them
+        # A retry validates the stored config again.
+        config = build_config(kind=run.kind, values={**options, **inputs["config"]})
+        summary = dict(run.summary or {})
+        if last is not None:  # what came after the checkpoint is reported again by the resumed trainer
+            Metric.objects.filter(run=run, step__gt=last.step).delete()
+            Sample.objects.filter(run=run, step__gt=last.step).delete()
+            summary["step"] = last.step
+        else:
+            Metric.objects.filter(run=run).delete()
+            Sample.objects.filter(run=run).delete()
+            Checkpoint.objects.filter(run=run).delete()
+            run.evaluation = {}
+            summary = {key: summary[key] for key in ("resumes",) if key in summary}
+        error_lines = (run.error or "").strip().splitlines()
+        summary["resumes"] = [*summary.get("resumes", []), {
+            "at": timezone.now().isoformat(), "from_step": last.step if last is not None else 0,
+            "after": run.status, "by": getattr(created_by, "username", "") or "",
+            "error": error_lines[-1][:300] if error_lines else "",
+        }]
+        run.summary = summary
+        run.config = config_to_dict(config)
+        run.output_dir = config.output_dir
+        run.status = TrainingRun.Status.QUEUED
+        run.cancel_requested = False
+        run.finished_at = None
+        run.exit_code = None
+        run.error = ""
+        run.task_id = str(execute_training_run.enqueue(run.pk).id)
+        run.save(update_fields=["summary", "config", "output_dir", "status", "cancel_requested", "finished_at",
+                                "exit_code", "error", "task_id", "evaluation"])
+    logger.info("re-queued %s run %s (%s) as task %s", run.kind, run.pk, options["resume"] or "retry", run.task_id)
+    return run

@@ -152,7 +152,7 @@ def queued_run(*, run_id: int, kind: str, main: bool = True) -> tuple[TrainingRu
         raise NotExecutable(f"Run {run.pk} is a {run.get_kind_display()} run, not a {spec.noun} run.")
     if run.status not in TrainingRun.ACTIVE_STATUSES:
         raise NotExecutable(f"Run {run.pk} has already ended ({run.status}); resume or retry it from the "
-                            "dashboard, which creates a new run.")
+                            "dashboard, which queues this run again.")
     values = {**(run.config or {})}
     values["output_dir"] = values.get("output_dir") or str(output_dir_of(run))
     try:

@@ -125,6 +125,7 @@ def _run_page(request: HttpRequest, run: TrainingRun, *, status: int = 200) -> H
             ),
             "config_rows": selectors.config_rows(run),
             "lineage": selectors.lineage(run=run),
+            "resumes": (run.summary or {}).get("resumes", []),
             "samples": samples,
             "samples_step": step,
             "sample_steps": selectors.sample_steps(run=run),
@@ -231,8 +232,12 @@ def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
     except launching.LaunchError as exc:
         messages.error(request, str(exc))
         return redirect("training:run_detail", run_id=run.pk)
+    if run.is_active:  # a repeated click: already queued again
+        return redirect("training:run_detail", run_id=new_run.pk)
     verb = "Resuming" if new_run.config.get("resume") else "Retrying"
-    messages.success(request, f"{verb} {run} as {new_run}; it is queued.")
+    step = (new_run.summary or {}).get("step") if new_run.config.get("resume") else None
+    messages.success(request, f"{verb} {new_run}" + (f" from step {step}" if step is not None else " from scratch")
+                     + "; it is queued. Its curves continue on this page.")
     return redirect("training:run_detail", run_id=new_run.pk)
 
 

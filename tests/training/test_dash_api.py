@@ -100,7 +100,7 @@ def test_launch_ppo_cancel_and_resume_by_api(api, roots_in_tmp, model_dir, world
     assert cancelled["status"] == "cancelled"
     assert api.post(f"/api/runs/{run.pk}/cancel/").status_code == 409
     resumed = api.post(f"/api/runs/{run.pk}/resume/")
-    assert resumed.status_code == 201 and resumed.json()["resumed_from"] == run.pk
+    assert resumed.status_code == 201 and resumed.json()["id"] == run.pk and resumed.json()["status"] == "queued"
     assert api.post(f"/api/runs/{world['live'].pk}/resume/").status_code == 409
 
 

@@ -167,27 +167,28 @@ def test_cancel_and_resume_actions(staff_client, world, roots_in_tmp):
     rm = world["rm"]
     TrainingRun.objects.filter(pk=rm.pk).update(status="cancelled", config={**rm.config, "resume": ""})
     response = staff_client.post(f"/dashboard/runs/{rm.pk}/resume/")
-    new = TrainingRun.objects.order_by("-pk").first()
-    assert response["Location"] == f"/dashboard/runs/{new.pk}/"
-    assert new.resumed_from_id == rm.pk and new.output_dir == rm.output_dir and new.config["resume"] == "last"
+    new = TrainingRun.objects.get(pk=rm.pk)  # the same run, queued again
+    assert response["Location"] == f"/dashboard/runs/{rm.pk}/"
+    assert new.output_dir == rm.output_dir and new.config["resume"] == "last"
     assert new.status == "queued" and new.task_id
+    assert "from step" in staff_client.get(response["Location"]).content.decode()
     # A run still going cannot be resumed; a finished one cannot be cancelled.
-    staff_client.post(f"/dashboard/runs/{live.pk}/resume/")
-    assert TrainingRun.objects.filter(resumed_from=live).count() == 0
+    assert staff_client.post(f"/dashboard/runs/{live.pk}/resume/").status_code == 409
     response = staff_client.post(f"/dashboard/runs/{world['ppo'].pk}/cancel/", follow=True)
     assert "has already ended" in response.content.decode()
     assert staff_client.get(f"/dashboard/runs/{live.pk}/cancel/").status_code == 405
 
 
-def test_retry_without_a_checkpoint_starts_fresh_in_a_new_directory(staff_client, world):
+def test_retry_without_a_checkpoint_starts_the_same_run_afresh(staff_client, world):
     ppo = world["ppo"]
     # The stored config is what the launch pipeline validated; a retry validates it again.
     TrainingRun.objects.filter(pk=ppo.pk).update(status="failed", config={
         "policy": "p", "prompts": "prompts.jsonl", "output_dir": ppo.output_dir, "resume": ""})
     staff_client.post(f"/dashboard/runs/{ppo.pk}/resume/")
-    new = TrainingRun.objects.get(resumed_from=ppo)
-    assert new.output_dir != ppo.output_dir and new.config["resume"] == ""
-    assert new.config["output_dir"] == new.output_dir and Path(new.output_dir).name == f"ppo-{new.pk}"
+    new = TrainingRun.objects.get(pk=ppo.pk)
+    assert new.status == "queued" and new.config["resume"] == ""
+    assert new.config["output_dir"] == new.output_dir == ppo.output_dir
+    assert not new.metrics.exists() and not new.samples.exists()  # a fresh start: the old curves are gone
     assert new.reward_model_run_id == world["rm"].pk
 
 

@@ -98,7 +98,7 @@ def test_cancel_stops_the_run_gracefully_and_keeps_a_checkpoint(roots_in_tmp, fa
     assert "stopped at step" in Path(run.log_path).read_text()
     # …and it can be resumed from that checkpoint: same directory, resume "last".
     resumed = launching.resume_run(run=run)
-    assert resumed.resumed_from == run and resumed.output_dir == run.output_dir
+    assert resumed.pk == run.pk and resumed.output_dir == run.output_dir
     assert resumed.config["resume"] == "last" and resumed.status == TrainingRun.Status.QUEUED
 
 

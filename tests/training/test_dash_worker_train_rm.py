@@ -76,5 +76,6 @@ def test_cancel_stops_with_a_checkpoint_and_resume_continues_from_it(rm_config):
     resumed.refresh_from_db()
     assert resumed.status == TrainingRun.Status.SUCCEEDED, resumed.error
     steps = sorted(Metric.objects.filter(run=resumed, name="loss").values_list("step", flat=True))
-    assert steps == [stopped_at + 1, stopped_at + 2]  # continued, not restarted
+    assert resumed.pk == run.pk  # one run page per training
+    assert steps == [*range(1, stopped_at + 3)]  # continued from the checkpoint, appended to the same run
     assert Path(resumed.output_dir, "reward_model.json").is_file()

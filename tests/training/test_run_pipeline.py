@@ -1,6 +1,6 @@
 """The run pipeline (training/launching.py), the registry of run kinds, the one reporter (training/reporting.py),
 and the actions on a run checked on the server: a refused action is 409 with the reason, a repeated resume
-launches one run."""
+queues one job, and a resume continues the same run (one run page per training)."""
 
 from __future__ import annotations
 
@@ -74,16 +74,21 @@ def test_a_repeated_resume_launches_one_run(api_client_staff, ended, status):
     first = api_client_staff.post(f"/api/runs/{ended.pk}/resume/")
     second = api_client_staff.post(f"/api/runs/{ended.pk}/resume/")
     assert first.status_code == 201 and second.status_code == 200
-    assert first.json()["id"] == second.json()["id"]
-    assert TrainingRun.objects.filter(resumed_from=ended).count() == 1
+    assert first.json()["id"] == second.json()["id"] == ended.pk  # the same run, queued again
+    ended.refresh_from_db()
+    assert ended.status == "queued" and len(ended.summary["resumes"]) == 1
 
 
 def test_the_dashboard_double_click_on_resume_launches_one_run(staff_client, ended):
     TrainingRun.objects.filter(pk=ended.pk).update(status="failed")
     first = staff_client.post(f"/dashboard/runs/{ended.pk}/resume/")
     second = staff_client.post(f"/dashboard/runs/{ended.pk}/resume/")
-    assert first["Location"] == second["Location"]
-    assert TrainingRun.objects.filter(resumed_from=ended).count() == 1
+    assert first["Location"] == second["Location"] == f"/dashboard/runs/{ended.pk}/"
+    ended.refresh_from_db()
+    assert ended.status == "queued" and len(ended.summary["resumes"]) == 1
+    from django_tasks_db.models import DBTaskResult
+
+    assert DBTaskResult.objects.filter(id=ended.task_id).count() == 1
 
 
 def test_a_succeeded_run_cannot_be_resumed(api_client_staff, staff_client, ended):
@@ -92,7 +97,8 @@ def test_a_succeeded_run_cannot_be_resumed(api_client_staff, staff_client, ended
     assert response.status_code == 409 and "succeeded" in response.json()["detail"]
     page = staff_client.post(f"/dashboard/runs/{ended.pk}/resume/")
     assert page.status_code == 409 and "nothing to resume" in page.content.decode()
-    assert not TrainingRun.objects.filter(resumed_from=ended).exists()
+    ended.refresh_from_db()
+    assert ended.status == "succeeded" and "resumes" not in ended.summary
 
 
 def test_an_active_run_cannot_be_resumed_and_an_ended_one_cannot_be_cancelled(api_client_staff, staff_client, world):
@@ -105,7 +111,8 @@ def test_an_active_run_cannot_be_resumed_and_an_ended_one_cannot_be_cancelled(ap
     assert response.status_code == 409 and "has already ended" in response.content.decode()
     response = api_client_staff.post(f"/api/runs/{done.pk}/cancel/")
     assert response.status_code == 409 and "has already ended" in response.json()["detail"]
-    assert not TrainingRun.objects.filter(resumed_from=live).exists()
+    live.refresh_from_db()
+    assert "resumes" not in (live.summary or {})
     done.refresh_from_db()
     assert done.status == "succeeded" and not done.cancel_requested
 
@@ -116,3 +123,30 @@ def test_the_prompts_of_a_project_are_written_by_the_export_service(world, tmp_p
     path, count = export_prompts(project=world["project"], path=tmp_path / "p.jsonl")
     lines = Path(path).read_text().splitlines()
     assert count == len(lines) == len({p.text for p, _ in world["prompts"]})
+
+
+def test_a_resume_continues_the_same_run_from_its_checkpoint(api_client_staff, ended):
+    """Metrics after the checkpoint are dropped (the trainer reports them again); those up to it stay, so the
+    curves of one training are on one page across cancel and resume."""
+    from training.models import Metric
+
+    checkpoint = Checkpoint.objects.filter(run=ended).order_by("-step").first()
+    for step in (checkpoint.step, checkpoint.step + 1, checkpoint.step + 2):
+        Metric.objects.update_or_create(run=ended, name="loss", step=step, defaults={"value": 1.0 / step})
+    TrainingRun.objects.filter(pk=ended.pk).update(status="cancelled", error="stopped")
+    count = TrainingRun.objects.count()
+    response = api_client_staff.post(f"/api/runs/{ended.pk}/resume/")
+    assert response.status_code == 201 and response.json()["id"] == ended.pk
+    ended.refresh_from_db()
+    assert TrainingRun.objects.count() == count
+    assert ended.config["resume"] == "last" and ended.config["output_dir"] == ended.output_dir
+    assert ended.status == "queued" and ended.task_id and not ended.cancel_requested and ended.error == ""
+    steps = set(Metric.objects.filter(run=ended, name="loss").values_list("step", flat=True))
+    assert max(steps) == checkpoint.step
+    assert ended.summary["resumes"][-1]["from_step"] == checkpoint.step
+    assert ended.summary["resumes"][-1]["after"] == "cancelled"
+    # Cancelled again and resumed again: still one run, two resumes recorded.
+    TrainingRun.objects.filter(pk=ended.pk).update(status="cancelled")
+    assert api_client_staff.post(f"/api/runs/{ended.pk}/resume/").json()["id"] == ended.pk
+    ended.refresh_from_db()
+    assert len(ended.summary["resumes"]) == 2 and TrainingRun.objects.count() == count
