@@ -224,6 +224,7 @@ def resume_run(*, run: TrainingRun, created_by=None) -> TrainingRun:
             run.evaluation = {}
             summary = {key: summary[key] for key in ("resumes",) if key in summary}
         error_lines = (run.error or "").strip().splitlines()
+        summary.pop("progress", None)  # the next start measures its own rate
         summary["resumes"] = [*summary.get("resumes", []), {
             "at": timezone.now().isoformat(), "from_step": last.step if last is not None else 0,
             "after": run.status, "by": getattr(created_by, "username", "") or "",

@@ -46,6 +46,9 @@ class RunReporter:
         summary = dict(self.run.summary or {})
         summary["total_steps"] = int(total_steps)
         summary.setdefault("step", int(start_step))
+        # For the run page's phase, progress and ETA (training.selectors.run_progress); one per start, so a
+        # resume measures its own rate.
+        summary["progress"] = {"start_step": int(start_step), "started_at": timezone.now().timestamp()}
         self.run.summary = summary
         TrainingRun.objects.filter(pk=self.run.pk).update(summary=summary)
         self.heartbeat(force=True)
@@ -69,6 +72,13 @@ class RunReporter:
         summary = dict(self.run.summary or {})
         summary.update({name: float(value) for name, value in metrics.items() if value is not None})
         summary["step"] = step
+        if run_kind(self.run.kind).progress_keys[0] in metrics and "progress" in summary:
+            progress = dict(summary["progress"])
+            now = timezone.now().timestamp()
+            progress.setdefault("first_step", step)
+            progress.setdefault("first_at", now)
+            progress.update(step=step, at=now)
+            summary["progress"] = progress
         self.run.summary = summary
         TrainingRun.objects.filter(pk=self.run.pk).update(summary=summary)
         self.heartbeat()

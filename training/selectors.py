@@ -421,3 +421,69 @@ def project_training(*, project) -> dict[str, Any]:
         "rm_runs": list(rm_runs[:20]),
         "rounds_jobs": list(jobs.filter(kind=Job.Kind.NEW_ROUND)[:10]),
     }
+
+
+# --- Phase, progress and ETA of a run (fed by the RunReporter: on_start, the progress metric) ----------------
+
+
+def eta_seconds(*, steps_done: int, seconds: float, steps_left: int) -> float | None:
+    """Time left at the rate measured so far: `steps_left / (steps_done / seconds)` — the constant-rate
+    extrapolation progress bars use (tqdm's `remaining = (total - n) / rate`). None until a rate is known."""
+    if steps_done <= 0 or seconds <= 0 or steps_left < 0:
+        return None
+    return steps_left * seconds / steps_done
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    step: int | None = None
+    total: int | None = None
+    unit: str = "step"
+    rate: float | None = None  # steps per second
+    eta: float | None = None  # seconds
+
+    @property
+    def percent(self) -> int | None:
+        if self.step is None or not self.total:
+            return None
+        return max(0, min(100, round(100 * self.step / self.total)))
+
+
+def run_progress(run: TrainingRun, *, now: float | None = None) -> Progress:
+    """What the run is doing now, in words, with step/total, rate and ETA once two progress reports arrived."""
+    from django.utils import timezone
+
+    kind = run_kind(run.kind)
+    summary = run.summary or {}
+    total = summary.get("total_steps")
+    progress = summary.get("progress") or {}
+    step = progress.get("step", summary.get("step"))
+    if run.status == TrainingRun.Status.QUEUED:
+        return Progress(phase="Waiting for a worker", step=step, total=total, unit=kind.progress_unit)
+    if run.status != TrainingRun.Status.RUNNING:
+        return Progress(phase=run.get_status_display(), step=step, total=total, unit=kind.progress_unit)
+    if not progress:
+        return Progress(phase="Loading the model and data…", unit=kind.progress_unit)
+    if "first_step" not in progress:
+        evaluating = run.kind == "ppo" and (run.config or {}).get("evaluate", True) and \
+            "before" not in (run.evaluation or {})
+        phase = "Evaluating the start policy…" if evaluating else "Starting the first step…"
+        return Progress(phase=phase, step=progress.get("start_step"), total=total, unit=kind.progress_unit)
+    if total and step is not None and step >= total:
+        phase = "Evaluating the final policy and saving…" if run.kind == "ppo" else "Evaluating and saving…"
+        return Progress(phase=phase, step=step, total=total, unit=kind.progress_unit)
+    now = timezone.now().timestamp() if now is None else now
+    done, seconds = step - progress["first_step"], progress["at"] - progress["first_at"]
+    rate = done / seconds if done > 0 and seconds > 0 else None
+    eta = eta_seconds(steps_done=done, seconds=seconds, steps_left=(total or step) - step)
+    if eta is not None:
+        eta = max(0.0, eta - (now - progress["at"]))
+    phase = "Training" if run.kind == "rm" else "PPO iterations"
+    return Progress(phase=phase, step=step, total=total, unit=kind.progress_unit, rate=rate, eta=eta)
+
+
+def summary_values(run: TrainingRun) -> list[tuple[str, Any]]:
+    """The run's latest scalar values (not the bookkeeping entries: progress, resumes)."""
+    return [(name, value) for name, value in (run.summary or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]

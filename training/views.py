@@ -105,6 +105,8 @@ def _live_context(request: HttpRequest, run: TrainingRun, *, series: dict | None
              "status": run.status}
         ),
         "log_tail": selectors.log_tail(run=run),
+        "progress": selectors.run_progress(run),
+        "summary_values": selectors.summary_values(run),
         "evaluation": selectors.evaluation_view(run.evaluation or {}),
         "outputs": selectors.output_files(run=run),
         "checkpoints": list(run.checkpoints.order_by("step")),

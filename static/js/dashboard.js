@@ -145,7 +145,28 @@
     if (live) state.samplesStep = live.samples_step;
   }
 
+  // --- The log follows new lines unless the user scrolled up in it --------------------------------------
+
+  var logFollow = { follow: true, top: 0 };
+
+  function followLog() {
+    var log = document.getElementById("log-tail");
+    if (!log) return;
+    if (logFollow.follow) log.scrollTop = log.scrollHeight;
+    else log.scrollTop = logFollow.top;
+    log.dataset.following = logFollow.follow ? "true" : "false";
+  }
+
+  function onLogScroll(event) {
+    var log = event.target;
+    if (!log || log.id !== "log-tail") return;
+    logFollow.follow = log.scrollHeight - log.scrollTop - log.clientHeight < 24;
+    logFollow.top = log.scrollTop;
+    log.dataset.following = logFollow.follow ? "true" : "false";
+  }
+
   function onLiveSwap() {
+    followLog();
     var live = readJson("run-live-data");
     if (!live) return;
     if (live.cursor !== null && live.cursor !== undefined) state.cursor = live.cursor;
@@ -243,6 +264,9 @@
 
   function init() {
     initRunPage();
+    followLog();
+    document.addEventListener("scroll", onLogScroll, true);  // scroll does not bubble; capture sees it
+    document.body.addEventListener("htmx:oobAfterSwap", followLog);
     initCompare();
     initStats();
     document.body.addEventListener("htmx:afterSwap", function (event) {

@@ -29,6 +29,14 @@ def duration(value: timedelta | None) -> str:
 
 
 @register.filter
+def seconds_left(value: float | None) -> str:
+    """Seconds (an ETA) as `duration` writes them."""
+    if value is None:
+        return "–"
+    return duration(timedelta(seconds=round(float(value))))
+
+
+@register.filter
 def num(value, digits: int = 4) -> str:
     """A number with `digits` significant digits (ints as they are); other values unchanged."""
     if isinstance(value, bool) or value is None:
