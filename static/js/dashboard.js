@@ -14,6 +14,8 @@
     groupOf: {},         // metric name -> chart id
     cursor: null,        // largest Metric id seen
     samplesStep: null,   // latest sample-table step seen
+    smoothing: 0,        // EMA weight of the smoothing slider (0 = raw)
+    zoom: null,          // {min, max} of the step axis shared by every chart, or null
   };
 
   function readJson(id) {
@@ -24,6 +26,38 @@
 
   function color(i) { return PALETTE[i % PALETTE.length]; }
 
+  // A series keeps its colour in every panel: the colour is a hash of its prefix ("train/loss" and
+  // "train/accuracy" → "train"; a name without "/" is the training series), and a second series of the
+  // same prefix in one panel is told apart by its dash pattern.
+  function hashOf(text) {
+    var h = 2166136261;  // FNV-1a
+    for (var i = 0; i < text.length; i++) { h ^= text.charCodeAt(i); h = Math.imul(h, 16777619); }
+    return h >>> 0;
+  }
+
+  function seriesKey(name) {
+    var cut = name.lastIndexOf("/");
+    return cut === -1 ? "train" : name.slice(0, cut);
+  }
+
+  function seriesColor(name) { return PALETTE[hashOf(seriesKey(name)) % PALETTE.length]; }
+
+  // Exponential moving average with the start-up bias removed (TensorBoard's smoothing; W&B's default
+  // "exponential moving average"): s_t = w·s_{t−1} + (1 − w)·y_t, shown as s_t / (1 − w^(t+1)).
+  function smooth(points, weight) {
+    if (!weight) return points.slice();
+    var last = 0, out = [];
+    points.forEach(function (p, i) {
+      last = last * weight + (1 - weight) * p.y;
+      out.push({ x: p.x, y: last / (1 - Math.pow(weight, i + 1)) });
+    });
+    return out;
+  }
+
+  function refreshData(ds) { ds.data = smooth(ds.raw || ds.data, state.smoothing); }
+
+  // Points are drawn where a series has few of them (one evaluation point is visible).
+  function pointRadius(ctx) { return ctx.dataset.data.length <= 30 ? 3 : 0; }
   function baseOptions(yTitle) {
     return {
       animation: false,
@@ -31,13 +65,16 @@
       normalized: true,
       responsive: true,
       maintainAspectRatio: false,
-      interaction: { mode: "nearest", axis: "x", intersect: false },
-      plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } }, decimation: { enabled: false } },
+      interaction: { mode: "step", axis: "x", intersect: false },
+      plugins: { legend: { position: "bottom", labels: { boxWidth: 12 } }, decimation: { enabled: false },
+                 tooltip: { mode: "step", intersect: false, position: "nearest" } },
+      onHover: shareHover,
       scales: {
-        x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } },
+        x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 },
+             min: state.zoom ? state.zoom.min : undefined, max: state.zoom ? state.zoom.max : undefined },
         y: { title: { display: !!yTitle, text: yTitle || "" } },
       },
-      elements: { point: { radius: 0, hitRadius: 6 }, line: { borderWidth: 2, tension: 0 } },
+      elements: { point: { radius: pointRadius, hitRadius: 6 }, line: { borderWidth: 2, tension: 0 } },
     };
   }
 
@@ -112,7 +149,10 @@
   function ensureDataset(chart, name) {
     var sets = chart.data.datasets;
     for (var i = 0; i < sets.length; i++) if (sets[i].label === name) return sets[i];
-    var ds = { label: name, data: [], borderColor: color(sets.length), backgroundColor: color(sets.length) };
+    var c = seriesColor(name);
+    var same = sets.filter(function (other) { return seriesKey(other.label) === seriesKey(name); }).length;
+    var ds = { label: name, data: [], raw: [], borderColor: c, backgroundColor: c,
+               borderDash: [[], [6, 3], [2, 2], [8, 3, 2, 3]][same % 4] };
     sets.push(ds);
     return ds;
   }
@@ -129,13 +169,143 @@
         chart = new window.Chart(canvas, { type: "line", data: { datasets: [] }, options: baseOptions(groupTitle(id)) });
         state.charts[id] = chart;
       }
-      mergePoints(ensureDataset(chart, name).data, series[name]);
+      var ds = ensureDataset(chart, name);
+      mergePoints(ds.raw, series[name]);
+      refreshData(ds);
       touched[id] = chart;
     });
     Object.keys(touched).forEach(function (id) { touched[id].update("none"); });
   }
 
+  // --- Shared hover, smoothing and drag-to-zoom across the panels ---------------------------------------
+
+  function allCharts() { return Object.keys(state.charts).map(function (k) { return state.charts[k]; }); }
+
+  function nearestIndex(data, x) {
+    var best = -1, gap = Infinity;
+    for (var i = 0; i < data.length; i++) {
+      var d = Math.abs(data[i].x - x);
+      if (d < gap) { gap = d; best = i; }
+    }
+    return best;
+  }
+
+  // Every series' point at the step nearest to x (within 2 % of the step, at least 1 step): one read-out line
+  // per series, not two neighbouring points of one series.
+  function pointsAtStep(chart, x) {
+    var els = [];
+    chart.data.datasets.forEach(function (ds, di) {
+      if (!chart.isDatasetVisible(di)) return;
+      var i = nearestIndex(ds.data, x);
+      if (i >= 0 && Math.abs(ds.data[i].x - x) <= Math.max(1, Math.abs(x) * 0.02)) els.push({ datasetIndex: di, index: i });
+    });
+    return els;
+  }
+
+  function registerStepMode() {
+    if (!window.Chart || window.Chart.Interaction.modes.step) return;
+    window.Chart.Interaction.modes.step = function (chart, event) {
+      if (!chart.scales.x) return [];
+      var x = Math.round(chart.scales.x.getValueForPixel(event.x));
+      return pointsAtStep(chart, x).map(function (e) {
+        return { element: chart.getDatasetMeta(e.datasetIndex).data[e.index], datasetIndex: e.datasetIndex, index: e.index };
+      });
+    };
+  }
+
+  // Hovering a step in one panel shows the read-out of every series at that step in every panel.
+  function shareHover(event, active, source) {
+    if (!source || !source.scales || !source.scales.x || !event) return;
+    var x = Math.round(source.scales.x.getValueForPixel(event.x));
+    if (active && active.length) x = source.data.datasets[active[0].datasetIndex].data[active[0].index].x;
+    allCharts().forEach(function (chart) {
+      if (chart === source || !chart.scales || !chart.scales.x || chart.config.type !== "line") return;
+      var els = pointsAtStep(chart, x);
+      chart.setActiveElements(els);
+      if (chart.tooltip) {
+        chart.tooltip.setActiveElements(els, { x: chart.scales.x.getPixelForValue(x), y: chart.chartArea.top + 10 });
+      }
+      chart.update("none");
+    });
+  }
+
+  function clearHover() {
+    allCharts().forEach(function (chart) {
+      if (!chart.setActiveElements) return;
+      chart.setActiveElements([]);
+      if (chart.tooltip) chart.tooltip.setActiveElements([], { x: 0, y: 0 });
+      chart.update("none");
+    });
+  }
+
+  function applyZoom() {
+    allCharts().forEach(function (chart) {
+      if (chart.config.type !== "line") return;
+      chart.options.scales.x.min = state.zoom ? state.zoom.min : undefined;
+      chart.options.scales.x.max = state.zoom ? state.zoom.max : undefined;
+      chart.update("none");
+    });
+    var reset = document.getElementById("chart-reset-zoom");
+    if (reset) reset.hidden = !state.zoom;
+    var root = document.getElementById("chart-controls");
+    if (root) root.dataset.zoom = state.zoom ? state.zoom.min + "-" + state.zoom.max : "";
+  }
+
+  function chartOfCanvas(canvas) {
+    var found = null;
+    allCharts().forEach(function (chart) { if (chart.canvas === canvas) found = chart; });
+    return found;
+  }
+
+  // Drag across a panel to zoom every panel to that range of steps; double-click or "Reset zoom" to undo.
+  function initZoom() {
+    var drag = null;
+    document.addEventListener("mousedown", function (event) {
+      var chart = event.target.tagName === "CANVAS" ? chartOfCanvas(event.target) : null;
+      if (!chart || chart.config.type !== "line") return;
+      drag = { chart: chart, from: event.offsetX };
+    });
+    document.addEventListener("mouseup", function (event) {
+      if (!drag) return;
+      var chart = drag.chart, to = event.target === chart.canvas ? event.offsetX : drag.from;
+      var a = Math.min(drag.from, to), b = Math.max(drag.from, to);
+      drag = null;
+      if (b - a < 8) return;  // a click, not a drag
+      var min = chart.scales.x.getValueForPixel(a), max = chart.scales.x.getValueForPixel(b);
+      if (max > min) { state.zoom = { min: min, max: max }; applyZoom(); }
+    });
+    document.addEventListener("dblclick", function (event) {
+      if (event.target.tagName === "CANVAS" && chartOfCanvas(event.target)) { state.zoom = null; applyZoom(); }
+    });
+    var reset = document.getElementById("chart-reset-zoom");
+    if (reset) reset.addEventListener("click", function () { state.zoom = null; applyZoom(); });
+  }
+
+  function initSmoothing() {
+    var slider = document.getElementById("chart-smoothing");
+    var shown = document.getElementById("chart-smoothing-value");
+    if (!slider) return;
+    slider.addEventListener("input", function () {
+      state.smoothing = Math.min(0.999, Math.max(0, Number(slider.value) || 0));
+      if (shown) shown.textContent = state.smoothing.toFixed(2);
+      allCharts().forEach(function (chart) {
+        if (chart.config.type !== "line") return;
+        chart.data.datasets.forEach(function (ds) { if (ds.raw) refreshData(ds); });
+        chart.update("none");
+      });
+    });
+  }
+
+  function initChartTools() {
+    initSmoothing();
+    initZoom();
+    document.addEventListener("mouseout", function (event) {
+      if (event.target.tagName === "CANVAS" && chartOfCanvas(event.target)) clearHover();
+    });
+  }
+
   function initRunPage() {
+    registerStepMode();
     var data = readJson("run-chart-data");
     if (!data) return;
     state.groups = data.groups || [];
@@ -179,6 +349,7 @@
   // --- Compare --------------------------------------------------------------------------------------------
 
   function initCompare() {
+    registerStepMode();
     var data = readJson("compare-data");
     var container = document.getElementById("compare-charts");
     if (!data || !container || !window.Chart) return;
@@ -192,7 +363,8 @@
     Object.keys(data.metrics).forEach(function (name) {
       var perRun = data.metrics[name];
       var datasets = data.runs.filter(function (run) { return perRun[run.id]; }).map(function (run) {
-        return { label: labels[run.id], data: toPoints(perRun[run.id]), borderColor: colors[run.id],
+        var points = toPoints(perRun[run.id]);
+        return { label: labels[run.id], data: points.slice(), raw: points, borderColor: colors[run.id],
                  backgroundColor: colors[run.id] };
       });
       var canvas = chartCard(container, "cmp-" + name.replace(/[^a-zA-Z0-9_-]/g, "_"), name);
@@ -264,6 +436,7 @@
 
   function init() {
     initRunPage();
+    initChartTools();
     followLog();
     document.addEventListener("scroll", onLogScroll, true);  // scroll does not bubble; capture sees it
     document.body.addEventListener("htmx:oobAfterSwap", followLog);
@@ -284,6 +457,9 @@
 
   window.workbench = {
     charts: state.charts,
+    smooth: smooth,
+    seriesColor: seriesColor,
+    zoom: function () { return state.zoom; },
     cursor: function () { return state.cursor === null || state.cursor === undefined ? "" : state.cursor; },
     samplesStep: function () { return state.samplesStep === null || state.samplesStep === undefined ? "" : state.samplesStep; },
   };

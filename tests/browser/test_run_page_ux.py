@@ -86,3 +86,78 @@ def test_the_phase_before_the_first_step_is_named(page, live_server, running_run
     login(page, live_server, f"/dashboard/runs/{run.pk}/")
     line = page.inner_text("#run-progress")
     assert "Evaluating the start policy" in line and "Step – / 8" not in line, line
+
+
+@pytest.fixture
+def finished_run(settings, tmp_path, django_user_model):
+    from training.models import Metric, TrainingRun
+
+    settings.WORKBENCH_RUNS_ROOT = (tmp_path / "runs").resolve()
+    django_user_model.objects.create_user("staffer", password="browser-pw-1", is_staff=True)
+    run = TrainingRun.objects.create(kind="rm", name="curves", status="succeeded")
+    rows = []
+    for step in range(1, 41):
+        rows += [Metric(run=run, step=step, name="loss", value=1.0 / step + (0.3 if step % 2 else 0.0)),
+                 Metric(run=run, step=step, name="accuracy", value=0.5 + step / 100),
+                 Metric(run=run, step=step, name="margin", value=step / 10)]
+    rows += [Metric(run=run, step=40, name="eval/accuracy", value=0.8),  # one point
+             Metric(run=run, step=40, name="eval/loss", value=0.4), Metric(run=run, step=20, name="eval/loss", value=0.6)]
+    Metric.objects.bulk_create(rows)
+    return run
+
+
+CHARTS = "Object.values(window.workbench.charts)"
+
+
+def _datasets(page):
+    return page.evaluate("() => " + CHARTS + ".flatMap(c => c.data.datasets.map((d, i) => ({chart: c.canvas.id,"
+                         " label: d.label, color: d.borderColor, n: d.data.length,"
+                         " radius: c.getDatasetMeta(i).data[0].options.radius, y0: d.data[0].y,"
+                         " y1: d.data[1] && d.data[1].y})))")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_curves_colours_points_smoothing_zoom_and_shared_hover(page, live_server, finished_run, artifacts_dir, width):
+    page.set_viewport_size({"width": width, "height": 900})
+    page.set_default_timeout(20_000)
+    login(page, live_server, f"/dashboard/runs/{finished_run.pk}/")
+    page.wait_for_function(f"() => window.Chart && {CHARTS}.length >= 3")
+    sets = {d["label"]: d for d in _datasets(page)}
+    # One colour per series across panels: train under Accuracy, Margin and Losses; eval under two panels.
+    assert sets["loss"]["color"] == sets["accuracy"]["color"] == sets["margin"]["color"]
+    assert sets["eval/accuracy"]["color"] == sets["eval/loss"]["color"] != sets["loss"]["color"]
+    assert sets["eval/accuracy"]["chart"] != sets["eval/loss"]["chart"]
+    assert sets["eval/accuracy"]["n"] == 1 and sets["eval/accuracy"]["radius"] > 0  # a single point is drawn
+
+    # Smoothing: the debiased EMA (TensorBoard's): with w = 0.5, s1 = y1, s2 = (0.25·y1 + 0.5·y2) / 0.75.
+    y1, y2 = 1.0 + 0.3, 0.5
+    page.evaluate("() => { const s = document.getElementById('chart-smoothing'); s.value = '0.5';"
+                  " s.dispatchEvent(new Event('input')); }")
+    smoothed = {d["label"]: d for d in _datasets(page)}["loss"]
+    assert smoothed["y0"] == pytest.approx(y1) and smoothed["y1"] == pytest.approx((0.25 * y1 + 0.5 * y2) / 0.75)
+    assert page.inner_text("#chart-smoothing-value") == "0.50"
+
+    # Shared hover: pointing at a step in one panel shows the read-out in the others too.
+    canvases = page.locator("#run-charts canvas")
+    canvases.nth(0).scroll_into_view_if_needed()
+    box = canvases.nth(0).bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5)
+    page.wait_for_function(f"() => {CHARTS}.filter(c => c.tooltip && c.tooltip.getActiveElements().length).length >= 2")
+    per_chart = page.evaluate(f"() => {CHARTS}.map(c => c.tooltip.getActiveElements().map(e => e.datasetIndex))")
+    assert all(len(ids) == len(set(ids)) for ids in per_chart), per_chart  # one read-out line per series
+    steps = page.evaluate(f"() => {CHARTS}.flatMap(c => c.tooltip.getActiveElements().map(e =>"
+                          " [c.data.datasets[e.datasetIndex].label, c.data.datasets[e.datasetIndex].data[e.index].x]))")
+    train_steps = {step for label, step in steps if not label.startswith("eval/")}
+    assert len(train_steps) == 1 and len(steps) >= 3, steps  # the same step in every panel
+    page.screenshot(path=str(artifacts_dir / f"run-page-curves-hover-{width}.png"), full_page=False)
+
+    # Drag-to-zoom on one panel zooms every panel to the same steps; Reset zoom undoes it.
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=5)
+    page.mouse.up()
+    ranges = page.evaluate(f"() => {CHARTS}.map(c => [c.scales.x.min, c.scales.x.max])")
+    assert len({tuple(r) for r in ranges}) == 1 and ranges[0][1] - ranges[0][0] < 39, ranges
+    assert page.is_visible("#chart-reset-zoom")
+    page.click("#chart-reset-zoom")
+    assert page.evaluate(f"() => {CHARTS}.every(c => c.options.scales.x.min === undefined)")
