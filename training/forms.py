@@ -197,6 +197,36 @@ def snapshot_queryset():
     return DatasetSnapshot.objects.select_related("project").order_by("-created_at")
 
 
+def snapshot_label(snapshot: DatasetSnapshot) -> str:
+    """A snapshot by its name (its directory), project, size and date — not its content hash."""
+    counts = snapshot.counts or {}
+    size = ", ".join(f"{counts[key]} {key}" for key in ("rankings", "pairs") if key in counts)
+    return (f"{Path(snapshot.path).name} · {snapshot.project}" + (f" · {size}" if size else "")
+            + f" · {snapshot.created_at:%Y-%m-%d %H:%M}")
+
+
+def initial_from_run(form_class: type[ConfigForm], run: TrainingRun) -> dict[str, Any]:
+    """The form's initial values that launch `run` again: its config options, its sources (snapshot, RM run,
+    project, model) in the form's fields, and its name marked "(again)"."""
+    config = dict(run.config or {})
+    managed = {"output_dir", "resume", "dataset", "prompts", "reward_model"}
+    initial: dict[str, Any] = {
+        name: value for name, value in config.items()
+        if name not in managed and name not in form_class.option_fields and value is not None
+    }
+    for option, field_name in form_class.option_fields.items():
+        if option in config and option not in managed and config[option] not in (None, ""):
+            initial[field_name] = config[option]
+    if run.snapshot_id:
+        initial["snapshot"] = run.snapshot_id
+    if run.reward_model_run_id:
+        initial["reward_model_run"] = run.reward_model_run_id
+    if run.kind == TrainingRun.Kind.PPO and run.project_id:
+        initial["prompt_project"] = run.project_id
+    initial["name"] = (run.name or f"run {run.pk}") + " (again)"
+    return initial
+
+
 def project_queryset():
     return Project.objects.order_by("name")
 
@@ -256,6 +286,7 @@ class RMLaunchForm(ConfigForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["snapshot"].queryset = snapshot_queryset()
+        self.fields["snapshot"].label_from_instance = snapshot_label
         self.fields["project"].queryset = project_queryset()
         self.fields["base_model"].choices = [("", "— choose a model —"), *model_choices()]
         self.fields["calibration"].choices = [
@@ -395,6 +426,9 @@ class NewRoundForm(forms.Form):
             start = (run.config or {}).get("policy")
             if start and any(value == start for value, _ in choices):
                 self.fields["baseline_model"].initial = start
+                self.fields["baseline_k"].initial = 1  # a preset baseline with a count of 0 would be refused
+            if run.project is not None:
+                self.fields["k"].initial = max(self.fields["k"].min_value or 0, run.project.k_min)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -266,6 +266,13 @@ def compare(request: HttpRequest) -> HttpResponse:
 # --- Launch ------------------------------------------------------------------------------------------------
 
 
+def _again(request: HttpRequest, *, kind: str, form_class) -> dict:
+    """`?again=N`: the form prefilled with run N's config ("Launch again with this config")."""
+    run_id = _int_or_none(request.GET.get("again"))
+    run = selectors.list_runs(kind=kind).filter(pk=run_id).first() if run_id else None
+    return launch_forms.initial_from_run(form_class, run) if run is not None else {}
+
+
 @staff_required
 @require_http_methods(["GET", "POST"])
 def launch_rm(request: HttpRequest) -> HttpResponse:
@@ -274,6 +281,7 @@ def launch_rm(request: HttpRequest) -> HttpResponse:
         initial["snapshot"] = snapshot_id
     if project_id := _int_or_none(request.GET.get("project")):
         initial["project"] = project_id
+    initial.update(_again(request, kind="rm", form_class=launch_forms.RMLaunchForm))
     form = launch_forms.RMLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -296,6 +304,7 @@ def launch_ppo(request: HttpRequest) -> HttpResponse:
     initial = {}
     if rm_id := _int_or_none(request.GET.get("reward_model_run")):
         initial["reward_model_run"] = rm_id
+    initial.update(_again(request, kind="ppo", form_class=launch_forms.PPOLaunchForm))
     form = launch_forms.PPOLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

@@ -237,3 +237,42 @@ def test_new_round_form_and_job(staff_client, roots_in_tmp, world):
 
 def response_errors(response) -> dict:
     return dict(response.context["form"].errors) if response.context else {}
+
+
+def test_launch_again_prefills_the_run_s_config_and_launches_the_same_config(staff_client, roots_in_tmp, model_dir,
+                                                                             snapshot):
+    first = form_data(RMLaunchForm(), snapshot=snapshot.pk, base_model=str(model_dir), max_steps=3, name="first",
+                      learning_rate="0.0005", lora="on", lora_target_modules="c_attn, c_proj")
+    staff_client.post("/dashboard/launch/rm/", first)
+    run = TrainingRun.objects.get()
+    TrainingRun.objects.filter(pk=run.pk).update(status="succeeded")
+    assert f"?again={run.pk}" in staff_client.get(f"/dashboard/runs/{run.pk}/").content.decode()
+    page = staff_client.get(f"/dashboard/launch/rm/?again={run.pk}")
+    form = page.context["form"]
+    assert form.initial["max_steps"] == 3 and form.initial["learning_rate"] == 0.0005
+    assert form.initial["snapshot"] == snapshot.pk and form.initial["base_model"] == str(model_dir)
+    assert form.initial["name"] == "first (again)"
+    staff_client.post("/dashboard/launch/rm/", form_data(form))  # posted untouched
+    again = TrainingRun.objects.exclude(pk=run.pk).get()
+    assert {k: v for k, v in again.config.items() if k != "output_dir"} == \
+        {k: v for k, v in run.config.items() if k != "output_dir"}
+    # A run of another kind, or none, is ignored.
+    assert staff_client.get(f"/dashboard/launch/ppo/?again={run.pk}").context["form"].initial.get("name") is None
+    assert staff_client.get("/dashboard/launch/rm/?again=999999").status_code == 200
+
+
+def test_snapshots_are_listed_by_name_not_hash(roots_in_tmp, snapshot):
+    field = RMLaunchForm().fields["snapshot"]
+    label = dict((str(value), text) for value, text in field.choices if value)[str(snapshot.pk)]
+    assert label.startswith("1-x · P") and "c" * 16 not in label
+
+
+def test_the_prefilled_new_round_form_is_valid_as_it_is(roots_in_tmp, world, model_dir):
+    ppo = world["ppo"]
+    TrainingRun.objects.filter(pk=ppo.pk).update(config={"policy": str(model_dir)})  # a baseline is preset
+    ppo.refresh_from_db()
+    form = NewRoundForm(run=ppo, initial={"project": world["project"].pk})
+    assert form.fields["baseline_model"].initial == str(model_dir)
+    bound = NewRoundForm(form_data(form), run=ppo)
+    assert bound.is_valid(), bound.errors
+    assert 0 < bound.cleaned_data["baseline_k"] < bound.cleaned_data["k"]
