@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db.models import Max, Q, QuerySet
 
+from training.intervals import proportion_text
 from training.logs import tail_text
 from training.models import Job, Metric, Sample, TrainingRun
 from training.runkinds import run_kind
@@ -363,6 +364,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
+DETAIL_PREFIXES = ("calibration",)
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
 def _is_table(value: Any) -> bool:
     return isinstance(value, dict) and bool(value) and all(isinstance(v, dict) for v in value.values())
 
@@ -376,14 +385,21 @@ def _collect(data: dict[str, Any], prefix: str, view: dict[str, Any]) -> None:
             for inner in value.values():
                 columns += [c for c in inner if c not in columns and not isinstance(inner[c], dict | list)]
             columns.sort(key=_figure_key)
-            view["tables"].append({
-                "title": name.replace("_", " "), "columns": columns,
-                "rows": [{"key": k, "cells": [v.get(c) for c in columns]} for k, v in _ordered(value)],
-            })
+            rows = [{"key": k, "cells": [v.get(c) for c in columns]} for k, v in _ordered(value)]
+            if "accuracy" in columns and "pairs" in columns:  # every proportion with its n and an interval
+                columns.append("95 % interval (Wilson)")
+                for row, (_, inner) in zip(rows, _ordered(value), strict=True):
+                    row["cells"].append(proportion_text(_number(inner.get("accuracy")), _int(inner.get("pairs"))))
+            view["tables"].append({"title": name.replace("_", " "), "columns": columns, "rows": rows})
         elif isinstance(value, dict):
             _collect(value, name + ".", view)
         elif not isinstance(value, list) or len(value) <= 20:
-            view["rows"].append({"name": name, "value": value})
+            # Internals (calibration fit, raw sums) go under "All figures", not beside the headline ones.
+            target = "details" if name.split(".")[0] in DETAIL_PREFIXES else "rows"
+            view[target].append({"name": name, "value": value})
+            if key == "accuracy" and _int(data.get("pairs")) is not None:
+                view[target].append({"name": f"{name} (95 % interval, Wilson)",
+                                     "value": proportion_text(_number(value), _int(data.get("pairs")))})
 
 
 def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -394,7 +410,7 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
     - rows: every other figure, flattened to dotted names.
     """
     evaluation = dict(evaluation or {})
-    view: dict[str, Any] = {"comparison": [], "tables": [], "rows": [], "empty": not evaluation}
+    view: dict[str, Any] = {"comparison": [], "tables": [], "rows": [], "details": [], "empty": not evaluation}
     before, after = evaluation.get("before"), evaluation.get("after")
     if isinstance(before, dict) and isinstance(after, dict):
         evaluation.pop("before")
