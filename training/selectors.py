@@ -303,7 +303,28 @@ def compare_series(*, runs: list[TrainingRun], max_points: int = 1000) -> dict[s
     for run in runs:
         for name, points in run_series(run=run, max_points=max_points)[0].items():
             by_metric[name][run.pk] = points
-    return dict(sorted(by_metric.items()))
+    return dict(sorted(by_metric.items(), key=lambda item: (_group_rank(item[0]), item[0])))
+
+
+def _group_rank(name: str) -> int:
+    """Metrics in the order of the run page's chart groups (accuracy, margin, reward… then the rest), not A–Z."""
+    ids = [group["id"] for group in CHART_GROUPS_JSON]
+    group = chart_group_of(name)
+    return ids.index(group) if group in ids else len(ids)
+
+
+def compare_tables(*, runs: list[TrainingRun], series: dict[str, dict[int, list[list[float]]]]) -> dict[str, Any]:
+    """What differs between the runs' configs (output_dir aside), and each metric's final value side by side."""
+    configs = [dict(run.config or {}) for run in runs]
+    keys = sorted({key for config in configs for key in config} - {"output_dir"})
+    diff = []
+    for key in keys:
+        values = [config.get(key) for config in configs]
+        if len({repr(value) for value in values}) > 1:
+            diff.append({"name": key, "values": values})
+    summary = [{"name": name, "values": [per_run[run.pk][-1][1] if per_run.get(run.pk) else None for run in runs]}
+               for name, per_run in series.items()]
+    return {"config_diff": diff, "summary": summary, "same_config": not diff and len(runs) > 1}
 
 
 def recent_jobs(*, project=None, run: TrainingRun | None = None, limit: int = 10) -> list[Job]:

@@ -259,6 +259,7 @@ def compare(request: HttpRequest) -> HttpResponse:
     return render(
         request, "training/compare.html",
         {"runs": runs, "compare_data": _json_for_script(payload), "metric_names": list(series),
+         "tables": selectors.compare_tables(runs=runs, series=series),
          "choices": selectors.list_runs()[:100], "chosen": {r.pk for r in runs}},
     )
 

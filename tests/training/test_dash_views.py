@@ -206,3 +206,19 @@ def test_metrics_are_grouped_into_charts_of_one_scale():
         "eos_rate": "eos-rate", "advantage_mean": "values", "episodes": "other",
     }
     assert {name: chart_group_of(name) for name in expected} == expected
+
+
+def test_compare_has_a_config_diff_a_final_values_table_and_grouped_charts(staff_client, world):
+    from training.selectors import compare_series
+
+    rm, live = world["rm"], world["live"]
+    TrainingRun.objects.filter(pk=live.pk).update(config={**rm.config, "learning_rate": 0.01})
+    page = staff_client.get("/dashboard/compare/", {"runs": [rm.pk, live.pk]})
+    html = page.content.decode()
+    diff = page.context["tables"]["config_diff"]
+    assert [row["name"] for row in diff] == ["learning_rate"] and diff[0]["values"] == [0.001, 0.01]
+    assert 'id="compare-config-diff"' in html and 'id="compare-summary"' in html
+    summary = {row["name"]: row["values"] for row in page.context["tables"]["summary"]}
+    assert summary["loss"] == [1 / 3, 0.9]
+    names = list(compare_series(runs=[rm, live]))
+    assert names.index("accuracy") < names.index("loss") < names.index("lr")  # chart groups, not A–Z
