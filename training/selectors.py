@@ -524,3 +524,29 @@ def summary_values(run: TrainingRun) -> list[tuple[str, Any]]:
     """The run's latest scalar values (not the bookkeeping entries: progress, resumes)."""
     return [(name, value) for name, value in (run.summary or {}).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def model_label(path: str) -> str:
+    """A model directory by the run that wrote it ("PPO run 7 (name)"), or whose start policy it was; else its
+    last two path parts. For tables that would otherwise show file paths."""
+    if not path or path == "imported":
+        return path or "–"
+    for run in TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO).only("pk", "kind", "name", "outputs", "config"):
+        if (run.outputs or {}).get("policy") == path:
+            return str(run)
+        if (run.config or {}).get("policy") == path:
+            return f"start policy of {run}"
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else path
+
+
+def policy_ab_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The head-to-head rows with run names for the models and A's win rate with its n and Wilson interval."""
+    labels: dict[str, str] = {}
+    out = []
+    for row in rows:
+        for side in ("a", "b"):
+            labels.setdefault(row[side], model_label(row[side]))
+        out.append({**row, "a_label": labels[row["a"]], "b_label": labels[row["b"]],
+                    "a_win_text": proportion_text(row.get("a_win_rate"), row.get("pairs"))})
+    return out

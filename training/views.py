@@ -380,6 +380,7 @@ def project_list(request: HttpRequest) -> HttpResponse:
 def project_stats(request: HttpRequest, project_id: int) -> HttpResponse:
     project = get_object_or_404(Project, pk=project_id)
     context = {**project_statistics(project=project), **selectors.project_training(project=project)}
+    context["policy_ab"] = selectors.policy_ab_rows(context.get("policy_ab") or [])
     context["rm_check_form"] = launch_forms.RMCheckForm(project=project)
     context["chart_data"] = _json_for_script(context.pop("charts"))
     return render(request, "training/project_stats.html", context)

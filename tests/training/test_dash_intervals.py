@@ -45,3 +45,15 @@ def test_rm_evaluation_tables_carry_n_and_interval_and_internals_are_tucked_away
     assert annotators["columns"][-1].startswith("95 % interval")
     cells = {row["key"]: row["cells"][-1] for row in annotators["rows"]}
     assert cells["a2"] == "too few (n = 2)" and cells["a1"].startswith("0.90 [")
+
+
+@pytest.mark.django_db
+def test_the_ab_table_names_runs_not_paths(world):
+    from training.selectors import policy_ab_rows
+
+    ppo = world["ppo"]
+    policy = ppo.outputs["policy"]
+    rows = policy_ab_rows([{"round": 2, "a": policy, "b": "/models/org/tiny", "pairs": 12, "a_win_rate": 0.75},
+                           {"round": 2, "a": policy, "b": "imported", "pairs": 3, "a_win_rate": 1.0}])
+    assert rows[0]["a_label"] == str(ppo) and rows[0]["b_label"] == "org/tiny"
+    assert rows[0]["a_win_text"].startswith("0.75 [") and rows[1]["a_win_text"] == "too few (n = 3)"
