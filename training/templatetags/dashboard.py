@@ -76,3 +76,13 @@ def signed(value) -> str:
     if value is None:
         return "–"
     return ("+" if value > 0 else "") + num(value)
+
+
+@register.filter
+def agreement_interval(counts: dict | None) -> str:
+    """Pairwise agreement agree / (agree + disagree) with its n and a Wilson 95 % interval, or "too few"."""
+    from training.intervals import proportion_text
+
+    counts = counts or {}
+    n = int(counts.get("agree") or 0) + int(counts.get("disagree") or 0)
+    return proportion_text(counts.get("agree", 0) / n if n else None, n if n else None) if n else "too few (n = 0)"
