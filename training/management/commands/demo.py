@@ -1,8 +1,43 @@
 """`python manage.py demo`: the whole RLHF loop on this machine, then the web app to explore it."""
 
+import signal
+from contextlib import contextmanager
+
 from django.core.management.base import BaseCommand, CommandError
 
 from training.demo import DemoError, DemoOptions, DemoSize, demo_services, run_demo, serve_forever
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM both interrupt the demo, so that it stops its children (worker, web server) on the
+    way out. Installed explicitly: a shell starts a background job with SIGINT ignored, which Python then
+    keeps, and SIGTERM's default ends the process without running any cleanup."""
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, _interrupt)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_children(services) -> None:
+    """Stop the worker and the web server; a further signal while waiting for them kills them at once."""
+    try:
+        services.stop()
+    except KeyboardInterrupt:
+        for child in (getattr(services, "web", None), getattr(services, "worker", None)):
+            if child is not None and child.poll() is None:
+                child.kill()
 
 
 class Command(BaseCommand):
@@ -29,6 +64,10 @@ class Command(BaseCommand):
         demo_options = DemoOptions(size=DemoSize(options["size"]), seed=options["seed"], fresh=options["fresh"])
         addr = None if options["no_serve"] else options["addr"]
         services = demo_services()
+        with stop_on_signals():
+            self._run(demo_options=demo_options, addr=addr, services=services)
+
+    def _run(self, *, demo_options, addr, services):
         try:
             result = run_demo(options=demo_options, services=services, out=self.stdout.write, serve_addr=addr)
             if addr:
@@ -41,4 +80,4 @@ class Command(BaseCommand):
             raise CommandError("Interrupted: run the demo again to continue where it stopped (a run cut off with "
                                "a checkpoint resumes from it).", returncode=130) from None
         finally:
-            services.stop()
+            _stop_children(services)
