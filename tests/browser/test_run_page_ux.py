@@ -81,11 +81,16 @@ def test_the_phase_before_the_first_step_is_named(page, live_server, running_run
     from training.models import TrainingRun
 
     run, _ = running_run
+    warnings = []
+    page.on("console", lambda msg: warnings.append(msg.text) if msg.type in ("warning", "error") else None)
     TrainingRun.objects.filter(pk=run.pk).update(kind="ppo", summary={
         "total_steps": 8, "step": 0, "progress": {"start_step": 0, "started_at": timezone.now().timestamp()}})
     login(page, live_server, f"/dashboard/runs/{run.pk}/")
     line = page.inner_text("#run-progress")
     assert "Evaluating the start policy" in line and "Step – / 8" not in line, line
+    page.evaluate("() => document.body.dispatchEvent(new Event('samples-updated'))")
+    page.wait_for_timeout(500)
+    assert not [w for w in warnings if "sample-step" in w], warnings  # htmx found what hx-include names
 
 
 @pytest.fixture
