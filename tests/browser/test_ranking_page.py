@@ -97,23 +97,30 @@ def dom_tiers(page) -> list[list[int]]:
 
 
 def drag(page, source, target, *, target_y_fraction=0.5):
-    """Drag `source` (a card's handle) onto `target` with real mouse moves (SortableJS fallback mode)."""
+    """Drag `source` (a card's handle) onto `target` with real mouse moves (SortableJS fallback mode).
+
+    Aims again until SortableJS has moved its placeholder (`.sortable-ghost`) into the target, instead of
+    trusting fixed waits: on a loaded machine the lift animation can outlast them and the drop lands elsewhere."""
     handle = source.locator(".drag-handle")
     handle.scroll_into_view_if_needed()
     box = handle.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2 + 5, box["y"] + box["height"] / 2 + 5, steps=3)
+    page.wait_for_function("() => document.body.classList.contains('rank-dragging')", timeout=5000)
     target.scroll_into_view_if_needed()
-    tbox = target.bounding_box()
-    page.mouse.move(tbox["x"] + tbox["width"] / 2, tbox["y"] + tbox["height"] * target_y_fraction, steps=12)
-    page.wait_for_timeout(150)
-    # The lifted card may have left its zone (e.g. "not ranked yet" shrinks): aim again at where the target is now.
-    tbox = target.bounding_box()
-    page.mouse.move(tbox["x"] + tbox["width"] / 2, tbox["y"] + tbox["height"] * target_y_fraction, steps=4)
-    page.wait_for_timeout(150)
+    for attempt in range(40):
+        # The lifted card may have left its zone (e.g. "not ranked yet" shrinks): aim at where the target is now.
+        # Never at a card's exact middle: SortableJS moves a card between lists by which half the pointer is in,
+        # and at the exact middle it is in neither, so the placeholder stays where it is.
+        tbox = target.bounding_box()
+        page.mouse.move(tbox["x"] + tbox["width"] / 2,
+                        tbox["y"] + tbox["height"] * target_y_fraction + 3 + attempt % 2, steps=4)
+        page.wait_for_timeout(100)
+        if target.evaluate("(el) => !!el.querySelector('.sortable-ghost')"):
+            break
     page.mouse.up()
-    page.wait_for_timeout(150)
+    page.wait_for_function("() => !document.body.classList.contains('rank-dragging')", timeout=5000)
 
 
 def place_all(page, ids):

@@ -182,9 +182,14 @@ def test_a_sigkilled_trainer_fails_at_once_and_resume_reaches_the_uninterrupted_
     tasks.execute_training_run.call(resumed.pk)
     resumed.refresh_from_db()
     assert resumed.status == TrainingRun.Status.SUCCEEDED, resumed.error
-    resumed_steps = sorted(set(Metric.objects.filter(run=resumed, name="loss").values_list("step", flat=True)))
-    final_step = max(Metric.objects.filter(run=straight, name="loss").values_list("step", flat=True))
-    assert resumed_steps[0] == last.step + 1 and resumed_steps[-1] == final_step  # continued, not restarted
+    # One run page per training: the same row continues from its checkpoint, so its loss curve holds every step
+    # once — the killed part up to the checkpoint, then the resumed part — exactly the uninterrupted run's steps.
+    assert resumed.pk == killed.pk and resumed.summary["resumes"][-1]["from_step"] == last.step
+    resumed_steps = list(Metric.objects.filter(run=resumed, name="loss").order_by("step")
+                         .values_list("step", flat=True))
+    straight_steps = list(Metric.objects.filter(run=straight, name="loss").order_by("step")
+                          .values_list("step", flat=True))
+    assert resumed_steps == straight_steps  # continued, not restarted, and nothing reported twice
     expected, got = _final_weights(straight), _final_weights(resumed)
     assert expected.keys() == got.keys()
     for name in expected:
