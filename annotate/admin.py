@@ -3,7 +3,16 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from annotate.models import Assignment, DatasetSnapshot, Draft, Project, Prompt, Ranking, Response
+from annotate.models import (
+    Assignment,
+    DatasetSnapshot,
+    Demonstration,
+    Draft,
+    Project,
+    Prompt,
+    Ranking,
+    Response,
+)
 
 
 class ResponseInline(admin.TabularInline):
@@ -107,10 +116,20 @@ class DraftAdmin(admin.ModelAdmin):
     search_fields = ("assignment__annotator__username",)
 
 
+@admin.register(Demonstration)
+class DemonstrationAdmin(admin.ModelAdmin):
+    list_display = ("id", "prompt", "annotator", "status", "source", "revision", "reviewer", "updated_at")
+    list_filter = ("status", "source", "prompt__project")
+    search_fields = ("text", "annotator__username", "source_detail")
+    raw_id_fields = ("prompt", "annotator", "reviewer", "started_from")
+    readonly_fields = ("submitted_text", "created_at", "updated_at")
+    list_select_related = ("prompt", "annotator", "reviewer")
+
+
 @admin.register(DatasetSnapshot)
 class DatasetSnapshotAdmin(admin.ModelAdmin):
-    list_display = ("id", "project", "format", "short_hash", "path", "created_by", "created_at")
-    list_filter = ("format", "project")
+    list_display = ("id", "project", "kind", "format", "short_hash", "path", "created_by", "created_at")
+    list_filter = ("kind", "format", "project")
     search_fields = ("path", "content_hash")
     readonly_fields = ("content_hash", "counts", "params", "created_at")
 

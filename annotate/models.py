@@ -34,7 +34,28 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
+class TaskTypes(models.TextChoices):
+    RANKINGS = "rankings", "Rankings"
+    DEMONSTRATIONS = "demonstrations", "Demonstrations"
+    BOTH = "both", "Rankings and demonstrations"
+
+
+class DemonstrationStart(models.TextChoices):
+    BLANK = "blank", "Write the ideal answer"
+    EDIT_BEST = "edit_best", "Edit the best sampled response into the ideal answer"
+
+
+class PromptFormat(models.TextChoices):
+    # The values are training.rlhf.chat_format.PROMPT_FORMATS (the SFT/RM/PPO configs take the same strings).
+    PLAIN = "plain", "Plain text"
+    CHAT = "chat", "The model's chat template"
+
+
 class Project(models.Model):
+    TaskTypes = TaskTypes
+    DemonstrationStart = DemonstrationStart
+    PromptFormat = PromptFormat
+
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
     guidelines = models.TextField(blank=True, help_text="Markdown shown to annotators.")
@@ -57,6 +78,23 @@ class Project(models.Model):
     render_markdown = models.BooleanField(
         default=True, help_text="Show prompts and model output as sanitised Markdown on the ranking page (off: as "
         "plain text). Annotators can always switch one response to its raw text."
+    )
+    task_types = models.CharField(
+        max_length=16, choices=TaskTypes.choices, default=TaskTypes.RANKINGS,
+        help_text="What annotators do: rank sampled responses, write demonstrations (ideal answers), or both.",
+    )
+    demonstration_start = models.CharField(
+        max_length=16, choices=DemonstrationStart.choices, default=DemonstrationStart.BLANK,
+        help_text="What a demonstration task starts from: an empty editor, or the sampled responses shown beside "
+        "it so the annotator can edit one of them into the ideal answer.",
+    )
+    prompt_format = models.CharField(
+        max_length=16, choices=PromptFormat.choices, default=PromptFormat.PLAIN,
+        help_text="How a prompt becomes model input in sampling, SFT, the RM and PPO: the text as-is, or the "
+        "model's chat template (user turn = the prompt).",
+    )
+    system_prompt = models.TextField(
+        blank=True, help_text="System message put first under the chat template (empty: none; plain format: unused)."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -84,6 +122,14 @@ class Project(models.Model):
     def clean(self) -> None:
         if self.k_min > self.k_max:
             raise ValidationError({"k_min": "k_min must not exceed k_max."})
+
+    @property
+    def wants_rankings(self) -> bool:
+        return self.task_types in (TaskTypes.RANKINGS, TaskTypes.BOTH)
+
+    @property
+    def wants_demonstrations(self) -> bool:
+        return self.task_types in (TaskTypes.DEMONSTRATIONS, TaskTypes.BOTH)
 
 
 # "Open since forever": the value of `Prompt.open_from` for a prompt with a free slot right now.
@@ -170,6 +216,10 @@ class Prompt(models.Model):
     # the prompt's lock in annotate.services.queue stays the source of truth):
     num_responses = models.PositiveIntegerField(default=0, editable=False)
     num_rankings = models.PositiveIntegerField(default=0, editable=False)
+    num_demonstrations = models.PositiveIntegerField(
+        default=0, editable=False,
+        help_text="Submitted + accepted demonstrations (kept by Demonstration.save; the demonstration queue's index).",
+    )
     open_from = models.DateTimeField(
         null=True, blank=True, editable=False,
         help_text="When the prompt may next have a free slot: ALWAYS_OPEN when it has one now; the earliest "
@@ -190,6 +240,8 @@ class Prompt(models.Model):
                 condition=Q(open_from__isnull=False),
                 name="prompt_queue_order",
             ),
+            # The demonstration queue walks this from its start (fewest demonstrations, oldest round, lowest id).
+            models.Index(fields=["project", "num_demonstrations", "round", "id"], name="prompt_demo_queue_order"),
         ]
 
     def __str__(self) -> str:
@@ -330,10 +382,138 @@ class Draft(models.Model):
         return f"draft of {self.assignment_id}"
 
 
+class _DemonstrationQuerySet(models.QuerySet):
+    def bulk_create(self, objs, *args, **kwargs):
+        created = super().bulk_create(objs, *args, **kwargs)
+        refresh_demonstration_counts(prompt_ids={obj.prompt_id for obj in created})
+        return created
+
+    def update(self, **kwargs):
+        prompt_ids = set(self.values_list("prompt_id", flat=True)) if "status" in kwargs else set()
+        result = super().update(**kwargs)
+        if prompt_ids:
+            refresh_demonstration_counts(prompt_ids=prompt_ids)
+        return result
+
+    def delete(self):
+        prompt_ids = set(self.values_list("prompt_id", flat=True))
+        result = super().delete()
+        refresh_demonstration_counts(prompt_ids=prompt_ids)
+        return result
+
+
+class Demonstration(models.Model):
+    """One annotator's ideal answer to one prompt (the SFT data), from draft to review.
+
+    The row is its own draft and lease: ``status = draft`` while the annotator writes (autosaves bump
+    ``revision``; a save built on an older revision is refused, as ranking drafts are), then ``submitted``
+    (immutable for its author), then ``accepted`` or ``rejected`` by staff. Only accepted ones are exported.
+    A prompt needs ``project.annotators_per_prompt`` demonstrations; submitted, accepted and live-leased drafts
+    fill its slots, rejected and skipped ones free them.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        SUBMITTED = "submitted", "Submitted, awaiting review"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+        SKIPPED = "skipped", "Skipped"
+
+    class Source(models.TextChoices):
+        HUMAN = "human", "Human annotator"
+        SIMULATED = "simulated", "Simulated annotator"
+        IMPORTED = "imported", "Imported"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="demonstrations")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="demonstrations"
+    )
+    text = models.TextField(blank=True)
+    submitted_text = models.TextField(blank=True, help_text="The text as its author submitted it (before review edits).")
+    started_from = models.ForeignKey(
+        Response, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The sampled response the annotator started editing from, if any.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    revision = models.PositiveIntegerField(default=0, help_text="Bumped on every autosave; stale saves are refused.")
+    leased_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.TextField(blank=True)
+    seconds_spent = models.FloatField(default=0)
+    guideline_version = models.PositiveIntegerField(default=1)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.HUMAN)
+    source_detail = models.CharField(max_length=500, blank=True, help_text="File or call an import came from.")
+    review_note = models.TextField(blank=True)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = _DemonstrationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prompt", "annotator"], condition=Q(annotator__isnull=False),
+                name="demonstration_unique_prompt_annotator",
+            )
+        ]
+        indexes = [models.Index(fields=["prompt", "status"]), models.Index(fields=["annotator", "status"]),
+                   models.Index(fields=["status", "submitted_at"])]
+
+    def __str__(self) -> str:
+        return f"demonstration {self.pk} of prompt {self.prompt_id} · {self.status}"
+
+    def save(self, *args, **kwargs):
+        # Autosaves leave the status alone and skip the recount; a status change recounts its prompt.
+        changed = self.pk is None or getattr(self, "_loaded_status", None) != self.status
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            if changed:
+                refresh_demonstration_counts(prompt_ids=[self.prompt_id])
+        self._loaded_status = self.status
+
+    def delete(self, *args, **kwargs):
+        with transaction.atomic():
+            result = super().delete(*args, **kwargs)
+            refresh_demonstration_counts(prompt_ids=[self.prompt_id])
+        return result
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_status = instance.__dict__.get("status")
+        return instance
+
+
+def refresh_demonstration_counts(*, prompt_ids: Iterable[int], chunk: int = 2000) -> None:
+    """Recount ``Prompt.num_demonstrations`` (submitted + accepted) of these prompts, in the caller's transaction."""
+    ids = sorted(set(prompt_ids))
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        marks = ", ".join(["%s"] * len(part))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE annotate_prompt SET num_demonstrations = (SELECT COUNT(*) FROM annotate_demonstration d "
+                f"WHERE d.prompt_id = annotate_prompt.id AND d.status IN ('submitted', 'accepted')) WHERE id IN ({marks})",
+                part,
+            )
+
+
 class DatasetSnapshot(models.Model):
-    """An exported RM dataset on disk (manifest.json beside the data), named by its content hash."""
+    """An exported dataset on disk (manifest.json beside the data), named by its content hash: a ranking (RM)
+    snapshot or an SFT (demonstrations) snapshot."""
+
+    class Kind(models.TextChoices):
+        RANKINGS = "rankings", "Rankings (reward model)"
+        SFT = "sft", "Demonstrations (SFT)"
 
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.RANKINGS, db_index=True)
     path = models.CharField(max_length=1000)
     format = models.CharField(max_length=16)
     params = models.JSONField(default=dict)

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate.models import Ranking, Response
 from annotate.rendering import plain_excerpt
+from annotate.services.demonstrations import annotator_demonstrations
 from annotate.services.errors import TaskConflict, TaskNotFound
 from annotate.services.revisions import reopen_blocker, reopen_ranking
 
@@ -51,7 +52,8 @@ def my_rankings(request: HttpRequest) -> HttpResponse:
             if ranking.assignment is not None else "Imported rankings cannot be reopened."
         )
         rows.append({"ranking": ranking, "tiers": tiers, "reopenable": blocker is None, "final_reason": blocker})
-    return render(request, "annotate/history.html", {"page": page, "rows": rows})
+    demonstrations = annotator_demonstrations(annotator=request.user)
+    return render(request, "annotate/history.html", {"page": page, "rows": rows, "demonstrations": demonstrations})
 
 
 @require_POST

@@ -24,8 +24,10 @@ urlpatterns = [
          name="api-docs"),
     path("api/auth/token/", login_not_required(auth.obtain_token), name="api-token"),
     path("api/", include("annotate.api_urls")),
+    path("api/", include("annotate.api_demonstration_urls")),
     path("api/", include("training.api_urls")),
     path("dashboard/", include("training.urls")),
     path("", include("annotate.urls_data")),
+    path("", include("annotate.urls_demonstrations")),
     path("", include("annotate.urls")),
 ]

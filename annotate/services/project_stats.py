@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from annotate.agreement import ordered_pairs
 from annotate.models import RESPONSE_FLAGS, Assignment, Project, Prompt, Ranking, Response
+from annotate.services.demonstrations import demonstration_stats
 from annotate.services.stats import project_quality
 
 THROUGHPUT_DAYS = 14
@@ -202,5 +203,6 @@ def project_statistics(*, project: Project) -> dict[str, Any]:
         "quality": quality_data,
         "flagged": flagged_responses(project=project),
         "policy_ab": policy_ab(project=project),
+        "demonstrations": demonstration_stats(project=project),
         "charts": _charts(throughput_data=throughput_data, quality_data=quality_data),
     }

@@ -259,10 +259,15 @@ def lease_next_task(*, annotator, project: Project | None = None, now: datetime 
         Assignment.objects.filter(annotator=annotator, state=LEASED, lease_expires_at__lte=now).update(
             state=Assignment.State.EXPIRED
         )
-        projects = {p.pk: p for p in Project.objects.filter(pk__in=project_ids)}
+        # A demonstrations-only project hands out no ranking tasks (annotate.services.demonstrations leases those).
+        projects = {p.pk: p for p in Project.objects.filter(pk__in=project_ids) if p.wants_rankings}
+        project_ids = [pid for pid in project_ids if pid in projects]
+        if not project_ids:
+            return None
 
         # 2. resume expired work in progress
-        in_progress = mine.filter(state=Assignment.State.EXPIRED, draft__isnull=False).order_by("leased_at", "pk")
+        in_progress = mine.filter(state=Assignment.State.EXPIRED, draft__isnull=False,
+                                  prompt__project_id__in=project_ids).order_by("leased_at", "pk")
         for assignment in in_progress:
             prompt = lock_prompt(prompt_id=assignment.prompt_id)
             if open_slots(prompt=prompt, annotator=annotator, now=now) > 0:
