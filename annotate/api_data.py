@@ -35,6 +35,10 @@ class ImportRequestSerializer(serializers.Serializer):
     round = serializers.IntegerField(required=False, min_value=1, max_value=limits.MAX_DB_INT, allow_null=True)
     source = serializers.CharField(required=False, max_length=200, default="api",
                                    help_text="Recorded as the prompts' source (default 'api').")
+    strict = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Reject a prompt repeated with other responses (default: merge them into its first copy).",
+    )
 
 
 class ImportSummarySerializer(serializers.Serializer):
@@ -47,6 +51,8 @@ class ImportSummarySerializer(serializers.Serializer):
     responses = serializers.IntegerField()
     rankings = serializers.IntegerField()
     skipped = serializers.IntegerField()
+    merged = serializers.IntegerField(help_text="Repeats of a prompt with other responses merged into its first copy.")
+    merged_duplicates = serializers.IntegerField(help_text="Responses of those repeats already in the first copy.")
     rejected = serializers.IntegerField()
     errors = serializers.ListField(child=serializers.CharField())
 
@@ -102,6 +108,7 @@ def import_view(request: Request) -> ApiResponse:
             source=data.get("source") or "api",
             created_by=request.user,
             round=data.get("round"),
+            strict=data.get("strict", False),
         )
     except ImportFailed as exc:
         return ApiResponse(

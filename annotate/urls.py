@@ -1,12 +1,18 @@
 from django.urls import path
 from django.views.decorators.cache import never_cache
 
-from annotate import views, views_history
+from annotate import views, views_history, views_setup
 
 app_name = "annotate"
 urlpatterns = [
     path("", views.home, name="home"),
     path("projects/<int:project_id>/", views.project_detail, name="project"),
+    # The project wizard (staff): create, then guidelines -> import -> sample -> open on one page.
+    path("projects/new/", views_setup.project_new, name="project_new"),
+    path("projects/<int:project_id>/setup/", views_setup.project_setup_view, name="project_setup"),
+    path("projects/<int:project_id>/setup/guidelines/", views_setup.project_setup_guidelines,
+         name="project_setup_guidelines"),
+    path("projects/<int:project_id>/setup/open/", views_setup.project_setup_open, name="project_setup_open"),
     path("projects/<int:project_id>/join/", views.project_join, name="project_join"),
     path("projects/<int:project_id>/start/", views.start, name="start"),
     path("projects/<int:project_id>/guidelines/", views.guidelines, name="guidelines"),

@@ -49,6 +49,11 @@ class UploadForm(forms.Form):
     round = forms.IntegerField(
         required=False, min_value=1, help_text="Round of the imported prompts (default: the project's latest)."
     )
+    strict = forms.BooleanField(
+        required=False, label="Strict: refuse repeated prompts with other responses",
+        help_text="By default a prompt that appears twice with different responses gets them merged "
+        "(de-duplicated, counted in the report); strict refuses the whole file instead.",
+    )
 
     def clean_file(self):
         uploaded = self.cleaned_data["file"]
@@ -82,6 +87,7 @@ def import_upload_view(request: HttpRequest, project_id: int) -> HttpResponse:
                         project_name=project.name,
                         created_by=request.user,
                         round=form.cleaned_data["round"],
+                        strict=form.cleaned_data["strict"],
                     )
                 except ImportFailed as exc:
                     errors = exc.errors

@@ -446,6 +446,38 @@ class NewRoundForm(forms.Form):
         return {key: self.cleaned_data[key] for key in ("temperature", "top_p", "max_new_tokens", "seed")}
 
 
+class SampleResponsesForm(forms.Form):
+    """Sample responses for a project's latest round in place (the project wizard's step; no new round)."""
+
+    model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, label="Model",
+        help_text="The model to sample from: a model under the model roots or a finished PPO run's policy.",
+    )
+    k = forms.IntegerField(min_value=4, max_value=9, label="K (responses per prompt)",
+                           help_text="Within the project's K range; prompts short of K are topped up.")
+    temperature = forms.FloatField(initial=1.0, min_value=0.01, widget=forms.NumberInput(attrs={"step": "any"}),
+                                   help_text="Sampling temperature (higher: more varied responses).")
+    top_p = forms.FloatField(initial=1.0, min_value=0.01, max_value=1.0,
+                             widget=forms.NumberInput(attrs={"step": "any"}), help_text="Nucleus sampling (1: off).")
+    max_new_tokens = forms.IntegerField(initial=64, min_value=1, max_value=4096, help_text="Longest response.")
+    seed = forms.IntegerField(initial=0, min_value=0, help_text="Sampling seed.")
+
+    def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.project = project
+        self.fields["model"].choices = [("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.PPO,))]
+        self.fields["k"].initial = project.k_min
+
+    def clean_k(self) -> int:
+        k = self.cleaned_data["k"]
+        if not self.project.k_min <= k <= self.project.k_max:
+            raise forms.ValidationError(f"K must be within the project's range {self.project.k_min}–{self.project.k_max}.")
+        return k
+
+    def sampling_params(self) -> dict[str, Any]:
+        return {key: self.cleaned_data[key] for key in ("temperature", "top_p", "max_new_tokens", "seed")}
+
+
 class RMCheckForm(forms.Form):
     rm_run = forms.ModelChoiceField(queryset=TrainingRun.objects.none(), label="Reward model",
                                     help_text="A reward-model run that succeeded.")

@@ -129,9 +129,11 @@ def launch_new_round(
     baseline_model_path: str | Path | None = None,
     baseline_k: int = 0,
     created_by=None,
+    round: int | None = None,  # noqa: A002
 ) -> Job:
     """Queue sampling K responses per prompt from a policy into the project's next round (see
-    `training.rounds.sample_new_round`). Model paths must lie under a model root or the runs root."""
+    `training.rounds.sample_new_round`). Model paths must lie under a model root or the runs root. With
+    `round` = `from_round` an existing round is sampled in place (the project wizard: nothing is copied)."""
     allowed = [*roots.model_roots(), roots.runs_root()]
     try:
         model = roots.resolve_inside(model_path, allowed)
@@ -150,6 +152,8 @@ def launch_new_round(
         "max_prompts": max_prompts, "baseline_model_path": str(baseline) if baseline else None,
         "baseline_k": baseline_k if baseline else 0,
     }
+    if round is not None:
+        params["round"] = round
     return enqueue_job(
         kind=Job.Kind.NEW_ROUND, params=params, project=project, training_run=training_run, created_by=created_by
     )

@@ -23,4 +23,5 @@ urlpatterns = [
     path("projects/", views.project_list, name="project_list"),
     path("projects/<int:project_id>/", views.project_stats, name="project_stats"),
     path("projects/<int:project_id>/rm-check/", views.project_rm_check, name="project_rm_check"),
+    path("projects/<int:project_id>/sample/", views.project_sample, name="project_sample"),
 ]

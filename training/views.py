@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from annotate.models import Project
 from annotate.services.project_stats import project_overview, project_statistics
+from annotate.services.rounds import latest_round
 from training import forms as launch_forms
 from training import jobs, launching, selectors
 from training.models import Job, TrainingRun
@@ -350,6 +351,32 @@ def new_round(request: HttpRequest, run_id: int | None = None) -> HttpResponse:
             messages.success(request, f"Sampling a new round of {data['project']} is queued.")
             return redirect("training:job_detail", job_id=job.pk)
     return render(request, "training/new_round.html", {"form": form, "run": run})
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def project_sample(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The project wizard's sampling step: K responses per prompt of the latest round, sampled in place."""
+    project = get_object_or_404(Project, pk=project_id)
+    current = latest_round(project=project)
+    form = launch_forms.SampleResponsesForm(request.POST or None, project=project)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            if current is None:
+                raise launching.LaunchError(f"Project {project} has no prompts yet: import some first.")
+            job = jobs.launch_new_round(
+                project=project, model_path=data["model"], k=data["k"], sampling=form.sampling_params(),
+                from_round=current, round=current, created_by=request.user,
+            )
+        except (launching.LaunchError, ValueError) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Sampling responses for round {current} of {project} is queued.")
+            return redirect("training:job_detail", job_id=job.pk)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "training/project_sample.html", {"form": form, "project": project, "round": current},
+                  status=status)
 
 
 # --- Jobs --------------------------------------------------------------------------------------------------

@@ -16,7 +16,11 @@ The import is all or nothing: every record is validated, and if any is rejected 
 moved into the project in one statement at the end, so a long import never holds the database's write lock for
 long (annotators keep saving meanwhile). Prompts already in the project's round (same normalised text)
 are skipped and counted; a prompt repeated within the import with the same responses and another ranking
-adds that ranking to the first copy (a multi-annotator file), otherwise it is skipped too.
+adds that ranking to the first copy (a multi-annotator file), otherwise it is skipped too. A repeat with other
+responses (and no ranking on either copy) MERGES them: its new texts join the first copy's responses,
+de-duplicated, up to the project's K max, counted in the summary (`merged`, `merged_duplicates`). With
+`strict=True` such a repeat is rejected instead (the whole import fails), as are all repeats with other
+responses carrying a ranking (a ranking places every response of its prompt, so it cannot cover merged ones).
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ class ImportSummary:
     responses: int = 0
     rankings: int = 0
     skipped: int = 0  # duplicates of prompts already in the project's round, or earlier in the import
+    merged: int = 0  # repeats of a prompt with other responses, merged into its first copy (not strict)
+    merged_duplicates: int = 0  # responses of those repeats that the first copy already had (dropped)
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -122,15 +128,24 @@ class ImportSummary:
             "responses": self.responses,
             "rankings": self.rankings,
             "skipped": self.skipped,
+            "merged": self.merged,
+            "merged_duplicates": self.merged_duplicates,
             "rejected": self.rejected,
             "errors": self.errors,
         }
 
     def __str__(self) -> str:
+        merged = ""
+        if self.merged:
+            merged = (
+                f"merged {self.merged} repeated prompt{'s' if self.merged != 1 else ''} with other responses into "
+                f"their first copy ({self.merged_duplicates} duplicate response"
+                f"{'s' if self.merged_duplicates != 1 else ''} dropped); "
+            )
         return (
             f"{self.records} records: imported {self.imported} prompts ({self.responses} responses, "
             f"{self.rankings} rankings) into project '{self.project}' round {self.round}; "
-            f"skipped {self.skipped} duplicates; rejected {self.rejected}."
+            f"{merged}skipped {self.skipped} duplicates; rejected {self.rejected}."
         )
 
 
@@ -637,13 +652,15 @@ def import_records(
     source: str,
     created_by=None,
     round: int | None = None,  # noqa: A002 - the model field's name
+    strict: bool = False,
 ) -> ImportSummary:
     """Validate and store records in one transaction; raise `ImportFailed` (nothing written) on any error.
 
     project_name: created with the model defaults when missing. source: shown in Prompt.source and, for
     imported rankings, in Ranking.source_detail (a file name, "api", …). round: the prompts' round; by
     default the project's latest round (1 for a new project). created_by is accepted for symmetry with
-    the other services (the models do not record an importer).
+    the other services (the models do not record an importer). strict: a prompt repeated with other
+    responses is an error instead of being merged into its first copy (see the module docstring).
     """
     project_name = (project_name or "").strip()
     if not project_name:
@@ -654,7 +671,7 @@ def import_records(
     if round is None:
         round = project.prompts.aggregate(latest=Max("round"))["latest"] or 1
     summary = ImportSummary(project=project.name, project_created=created, source=source, round=round)
-    writer = _Writer(project, round, source, summary)
+    writer = _Writer(project, round, source, summary, strict=strict)
     with writer.staged():  # short write transactions into a hidden project; published at the end, or removed
         try:
             for location, raw in records:
@@ -689,8 +706,12 @@ class _Writer:
     write lock that annotators' saves need (SQLite has one writer at a time), and nothing of a failed import
     is ever visible in the project. After the first rejection it only validates: nothing will be published."""
 
-    def __init__(self, project: Project, round: int, source: str, summary: ImportSummary):  # noqa: A002
+    def __init__(self, project: Project, round: int, source: str, summary: ImportSummary,  # noqa: A002
+                 *, strict: bool = False):
         self.project, self.round, self.source, self.summary = project, round, source, summary
+        self.strict = strict
+        self.ranked: set[str] = set()  # prompts of this import that carry a ranking (their responses are fixed)
+        self.late: list[tuple[str, list[str]]] = []  # merged responses for prompts written in an earlier batch
         self.stage: Project | None = None
         self.pending: list[CleanRecord] = []
         # text hash → (location, normalised response keys or None, response ids, prompt id) for this import
@@ -774,15 +795,14 @@ class _Writer:
                 continue
             first = batch_seen.get(key)
             if first is not None or key in self.seen:
-                first_location, first_keys, _, _ = (
-                    (first.location, _response_keys(first.responses), [], 0) if first else self.seen[key]
-                )
-                merged = self._merge(record, first_location, first_keys)
-                if merged is None:
-                    continue
-                extra_rankings.append((record, merged, []))
+                index_map = self._repeat(record, first)
+                if index_map is not None:
+                    self.ranked.add(key)
+                    extra_rankings.append((record, index_map, []))
                 continue
             batch_seen[key] = record
+            if record.ranking is not None:
+                self.ranked.add(key)
             metadata = record.metadata
             prompt = Prompt(
                 project=self.stage,
@@ -809,10 +829,18 @@ class _Writer:
                         round=self.round,
                     )
                 )
+        late = [(self.seen[key][3], text) for key, texts in self.late for text in texts]
+        for prompt_id, text in late:  # merged into a prompt of an earlier batch: after its own responses
+            responses.append(Response(prompt_id=prompt_id, text=text, text_hash=text_hash(text),
+                                      origin=Response.Origin.IMPORTED, round=self.round))
         responses = Response.objects.bulk_create(responses)
         by_prompt: dict[int, list[int]] = {}
         for response in responses:
             by_prompt.setdefault(response.prompt_id, []).append(response.pk)
+        for key, _ in self.late:
+            location, keys, ids, prompt_id = self.seen[key]
+            ids.extend(by_prompt.pop(prompt_id, []))  # in the order of `keys` (the merge appended them there)
+        self.late.clear()
         rankings: list[Ranking] = []
         for (record, _), prompt in zip(new_prompts, created):
             ids = by_prompt.get(prompt.pk, [])
@@ -827,16 +855,25 @@ class _Writer:
         self.summary.responses += len(responses)
         self.summary.rankings += len(rankings)
 
-    def _merge(self, record: CleanRecord, first_location: str, first_keys: list[str] | None) -> list[int] | None:
-        """A repeat of a prompt earlier in this import: its ranking joins the first copy when the responses
-        are the same texts (in any order); returns index map (this record's index → first copy's index)."""
+    def _repeat(self, record: CleanRecord, first: CleanRecord | None) -> list[int] | None:
+        """A repeat of a prompt earlier in this import (`first`: its copy in this batch, else it was written
+        before). Its ranking joins the first copy when the responses are the same texts (in any order): returns
+        the index map (this record's index → first copy's index). Without a ranking it is skipped, or its other
+        responses are merged into the first copy (not strict); None then."""
+        if first is not None:
+            first_location, first_keys = first.location, _response_keys(first.responses)
+        else:
+            first_location, first_keys, _, _ = self.seen[record.key]
         keys = _response_keys(record.responses)
         if record.ranking is None:
-            if keys is not None and keys != first_keys and sorted(keys) != sorted(first_keys or []):
+            if keys is None or sorted(keys) == sorted(first_keys or []):
+                self.summary.skipped += 1
+            elif self.strict:
                 self.reject([RecordError(record.location, f"the same prompt appears at {first_location} "
-                                         "with different responses", "responses")])
-                return None
-            self.summary.skipped += 1
+                                         "with different responses (strict mode: repeats are not merged)",
+                                         "responses")])
+            else:
+                self._merge_responses(record, first, first_location, first_keys or [], keys)
             return None
         if first_keys is None or sorted(keys) != sorted(first_keys):
             self.reject([RecordError(record.location, f"the same prompt appears at {first_location} with "
@@ -844,6 +881,31 @@ class _Writer:
                                      "the same responses", "responses")])
             return None
         return [first_keys.index(k) for k in keys]
+
+    def _merge_responses(self, record: CleanRecord, first: CleanRecord | None, first_location: str,
+                         first_keys: list[str], keys: list[str]) -> None:
+        if record.key in self.ranked:
+            self.reject([RecordError(record.location, f"the same prompt appears at {first_location} with "
+                                     "different responses and a ranking; responses can only be merged into a "
+                                     "prompt without rankings (a ranking places every response)", "responses")])
+            return
+        have = set(first_keys)
+        new = [(text, key) for text, key in zip(record.responses, keys) if key not in have]
+        total = len(first_keys) + len(new)
+        if total > self.project.k_max:
+            self.reject([RecordError(record.location, f"the same prompt appears at {first_location}; merged, it "
+                                     f"would have {total} different responses, more than the project's K max "
+                                     f"({self.project.k_max})", "responses")])
+            return
+        texts = [text for text, _ in new]
+        if first is not None:  # still pending: its responses are written with it
+            first.responses = [*(first.responses or []), *texts]
+        else:
+            location, _, ids, prompt_id = self.seen[record.key]
+            self.seen[record.key] = (location, [*first_keys, *(key for _, key in new)], ids, prompt_id)
+            self.late.append((record.key, texts))
+        self.summary.merged += 1
+        self.summary.merged_duplicates += len(keys) - len(new)
 
     def _ranking(self, record: CleanRecord, prompt_id: int, response_ids: list[int]) -> Ranking:
         ranking = record.ranking
@@ -879,27 +941,31 @@ def import_file(
     round: int | None = None,  # noqa: A002
     progress: bool = False,
     max_bytes: int | None = None,
+    strict: bool = False,
 ) -> ImportSummary:
     """Import a JSONL / CSV / Parquet file or a `datasets` directory (the `import_prompts` command)."""
     try:
         source = open_path(path, max_bytes=max_bytes)
     except RecordFileError as exc:
         raise ImportFailed([str(exc)]) from exc
-    return _import_source(source, project_name=project_name, created_by=created_by, round=round, progress=progress)
+    return _import_source(source, project_name=project_name, created_by=created_by, round=round, progress=progress,
+                          strict=strict)
 
 
 def import_upload(
-    *, uploaded_file, project_name: str, created_by=None, round: int | None = None  # noqa: A002
+    *, uploaded_file, project_name: str, created_by=None, round: int | None = None, strict: bool = False  # noqa: A002
 ) -> ImportSummary:
     """Import an uploaded file (the staff upload page). The caller enforces the upload size limit."""
     try:
         source = open_upload(uploaded_file)
     except RecordFileError as exc:
         raise ImportFailed([str(exc)]) from exc
-    return _import_source(source, project_name=project_name, created_by=created_by, round=round, progress=False)
+    return _import_source(source, project_name=project_name, created_by=created_by, round=round, progress=False,
+                          strict=strict)
 
 
-def _import_source(source: RecordSource, *, project_name, created_by, round, progress) -> ImportSummary:  # noqa: A002
+def _import_source(source: RecordSource, *, project_name, created_by, round, progress,  # noqa: A002
+                   strict: bool = False) -> ImportSummary:
     bar = None
     if progress:
         from tqdm import tqdm
@@ -912,6 +978,7 @@ def _import_source(source: RecordSource, *, project_name, created_by, round, pro
             source=source.name,
             created_by=created_by,
             round=round,
+            strict=strict,
         )
     finally:
         if bar is not None:

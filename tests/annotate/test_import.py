@@ -96,12 +96,12 @@ def test_repeated_prompt_with_same_responses_adds_a_ranking(tmp_path):
     assert second.tiers == [[ids[0]], [ids[1]], [ids[2], ids[3]]]
 
 
-def test_repeated_prompt_with_other_responses_is_rejected(tmp_path):
+def test_repeated_prompt_with_other_responses_is_rejected_in_strict_mode(tmp_path):
     path = write_jsonl(
         tmp_path / "clash.jsonl",
         [{"prompt": "Q", "responses": RESPONSES}, {"prompt": "Q", "responses": [*RESPONSES[:3], "Other."]}],
     )
-    exc = failure(path)
+    exc = failure(path, strict=True)
     assert "clash.jsonl line 2, field 'responses': the same prompt appears at clash.jsonl line 1" in str(exc)
     assert nothing_written()
 
@@ -401,3 +401,66 @@ def test_jsonl_line_numbers_with_crlf_at_the_size_limit(tmp_path, settings):
     assert "crlf.jsonl line 2, field 'prompt'" in str(failure(path))
     path.write_bytes((record + "\r\n" + json.dumps({"prompt": "q" * 21}) + "\r\n").encode())
     assert f"crlf.jsonl line 2: the record is larger than the {len(record)} byte limit" in str(failure(path))
+
+
+def test_repeated_prompt_with_other_responses_is_merged(tmp_path):
+    # Issue 16, item 7: one prompt twice with different responses -> one prompt, responses de-duplicated.
+    path = write_jsonl(
+        tmp_path / "merge.jsonl",
+        [{"prompt": "Q", "responses": RESPONSES}, {"prompt": "R"},
+         {"prompt": "Q", "responses": [RESPONSES[1], "Other.", RESPONSES[0], "Fifth."]}],
+    )
+    summary = import_file(path=path, project_name="p")
+    assert (summary.imported, summary.responses, summary.merged, summary.merged_duplicates) == (2, 6, 1, 2)
+    assert "merged 1 repeated prompt with other responses into their first copy (2 duplicate responses dropped)" \
+        in str(summary)
+    prompt = Prompt.objects.get(text="Q")
+    assert list(prompt.responses.order_by("pk").values_list("text", flat=True)) == [*RESPONSES, "Other.", "Fifth."]
+    assert prompt.num_responses == 6  # the queue's stored count follows
+
+
+def test_merge_across_batches_and_its_limits(tmp_path, monkeypatch):
+    from annotate.services import importing
+
+    monkeypatch.setattr(importing, "BATCH_SIZE", 2)  # the first copy is written before its repeat is read
+    records = [{"prompt": "Q", "responses": RESPONSES}, {"prompt": "a"}, {"prompt": "b"},
+               {"prompt": "Q", "responses": [*RESPONSES[:2], "X.", "Y."]},
+               {"prompt": "Q", "responses": ["Y.", "Z.", RESPONSES[3], "X."]}]
+    summary = import_file(path=write_jsonl(tmp_path / "batches.jsonl", records), project_name="p")
+    assert (summary.merged, summary.merged_duplicates, summary.responses) == (2, 5, 7)
+    assert Prompt.objects.get(text="Q").responses.count() == 7
+
+    # Merged, a prompt may not exceed the project's K max; nothing is written then.
+    Project.objects.create(name="small", k_max=5)
+    too_many = write_jsonl(tmp_path / "many.jsonl", [{"prompt": "S", "responses": RESPONSES},
+                                                      {"prompt": "S", "responses": ["1", "2", "3", "4"]}])
+    with pytest.raises(ImportFailed, match=r"many.jsonl line 2, field 'responses': the same prompt appears at "
+                                           r"many.jsonl line 1; merged, it would have 8 different responses, more "
+                                           r"than the project's K max \(5\)"):
+        import_file(path=too_many, project_name="small")
+    assert not Prompt.objects.filter(project__name="small").exists()
+
+
+def test_repeat_with_a_ranking_is_not_merged(tmp_path):
+    ranked = write_jsonl(tmp_path / "ranked.jsonl", [
+        {"prompt": "Q", "responses": RESPONSES, "ranking": [[0], [1], [2], [3]]},
+        {"prompt": "Q", "responses": [*RESPONSES[:3], "Other."]},
+    ])
+    exc = failure(ranked)
+    assert "ranked.jsonl line 2, field 'responses': the same prompt appears at ranked.jsonl line 1 with different " \
+           "responses and a ranking" in str(exc)
+    assert nothing_written()
+
+
+def test_strict_mode_refuses_repeats_with_other_responses(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "strict.jsonl",
+                       [{"prompt": "Q", "responses": RESPONSES}, {"prompt": "Q", "responses": [*RESPONSES[:3], "O."]}])
+    with pytest.raises(ImportFailed, match="strict.jsonl line 2, field 'responses': the same prompt appears at "
+                                           "strict.jsonl line 1 with different responses"):
+        import_file(path=path, project_name="p", strict=True)
+    assert nothing_written()
+    with pytest.raises(CommandError, match="strict mode"):
+        call_command("import_prompts", str(path), "--project", "p", "--strict", "--no-progress")
+    assert nothing_written()
+    call_command("import_prompts", str(path), "--project", "p", "--no-progress")
+    assert "merged 1 repeated prompt" in capsys.readouterr().out

@@ -8,7 +8,8 @@ class Command(BaseCommand):
         "Import prompts (optionally with responses to rank and existing rankings) into a project from a JSONL, "
         "CSV or Parquet file or a datasets directory saved with save_to_disk. The project is created with "
         "default settings if missing. All or nothing: any bad record aborts the import and is reported with "
-        "its line or row and field. Prompts already in the project's round are skipped and counted."
+        "its line or row and field. Prompts already in the project's round are skipped and counted; a prompt repeated "
+        "with other responses has them merged into its first copy (de-duplicated, counted) unless --strict."
     )
 
     def add_arguments(self, parser):
@@ -20,6 +21,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--max-record-bytes", type=int, default=None,
             help="Largest accepted record (default: settings.WORKBENCH_MAX_IMPORT_RECORD_BYTES or 1 MiB).",
+        )
+        parser.add_argument(
+            "--strict", action="store_true",
+            help="Reject the file if a prompt appears twice with different responses (default: merge them).",
         )
         parser.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
 
@@ -33,6 +38,7 @@ class Command(BaseCommand):
                 round=options["round"],
                 progress=not options["no_progress"],
                 max_bytes=options["max_record_bytes"],
+                strict=options["strict"],
             )
         except ImportFailed as exc:
             raise CommandError(str(exc)) from exc
