@@ -88,7 +88,7 @@ PLANS = {
             "checkpoint_every": 20, "eval_every": 10, "log_every": 5},
         ppo={"total_episodes": 1280, "rollout_batch_size": 32, "mini_batch_size": 16, "micro_batch_size": 16,
              "ppo_epochs": 4, "response_length": 24, "eval_fraction": 0.2, "eval_max_prompts": 64,
-             "sample_every": 5, "checkpoint_every": 10},
+             "eval_samples": 8, "sample_every": 5, "checkpoint_every": 10},
         new_round_prompts=40, new_round_baseline=2,
     ),
     DemoSize.SMALL: DemoPlan(
@@ -96,9 +96,10 @@ PLANS = {
         export_test_fraction=0.25,
         rm={"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 96,
             "checkpoint_every": 0, "log_every": 2},
-        ppo={"iterations": 3, "rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 8,
-             "ppo_epochs": 1, "response_length": 16, "eval_fraction": 0.25, "eval_max_prompts": 8,
-             "sample_every": 1, "samples_per_table": 4, "checkpoint_every": 0},
+        ppo={"iterations": 30, "lr": 2e-4, "rollout_batch_size": 16, "mini_batch_size": 8, "micro_batch_size": 8,
+             "ppo_epochs": 4, "response_length": 24, "eval_fraction": 0.25, "eval_max_prompts": 12,
+             "eval_samples": 8, "select_fraction": 0.2, "sample_every": 5, "samples_per_table": 4,
+             "checkpoint_every": 0},
         new_round_prompts=4, new_round_baseline=1,
     ),
 }
@@ -545,12 +546,25 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
         result.run_ids["ppo"] = ppo_run.pk
         before = (ppo_run.evaluation or {}).get("before", {})
         after = (ppo_run.evaluation or {}).get("after", {})
+        gains = (ppo_run.evaluation or {}).get("delta_ci", {})
+        selection = (ppo_run.evaluation or {}).get("selection", {})
         result.figures["ppo_before"], result.figures["ppo_after"] = before, after
-        out(f"   held-out prompts ({after.get('n_prompts', '?')}):   before  →  after")
+        result.figures["ppo_gain"], result.figures["ppo_selection"] = gains, selection
+        samples = plan.ppo.get("eval_samples", 1)
+        out(f"   held-out samples ({after.get('n_prompts', '?')} = prompts × {samples}):   before  →  after")
         for key, label in (("oracle_score", "oracle score"), ("rm_score", "RM score"),
                            ("kl", "KL to the start (nats)"), ("eos_rate", "ends properly (EOS)")):
             out(f"     {label:<24} {_num(before.get(key)):>7}  →  {_num(after.get(key))}")
         out(f"     {'win rate vs the start':<24} {'':>7}     {_num(after.get('win_rate'))} (under the RM)")
+        from training.rlhf.ppo_eval import format_gain
+
+        for key, label in (("oracle_score", "oracle gain"), ("rm_score", "RM score gain")):
+            if key in gains:
+                out(f"     {label:<24} {format_gain(gains[key])}")
+        if selection.get("best_iteration") is not None:
+            out(f"   final policy: iteration {selection['best_iteration']} of {selection.get('last_iteration')}, "
+                f"chosen by {selection.get('signal')} on prompts held out of training"
+                + (" (stopped early: KL above its limit)" if selection.get("stopped_early") else ""))
 
     with _stage("6. A new round sampled from the PPO policy, for humans to rank", out, timings):
         new_round = new_round_stage(project=project, plan=plan, seed=seed, model_dir=model_dir,

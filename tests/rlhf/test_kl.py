@@ -74,3 +74,24 @@ def test_controllers_state_round_trip():
         fixed.load_state_dict(adaptive.state_dict())
     assert isinstance(make_kl_controller(0.1, target=None, horizon=100), FixedKLController)
     assert isinstance(make_kl_controller(0.1, target=3.0, horizon=100), AdaptiveKLController)
+
+
+def test_the_default_horizon_lets_the_controller_act_within_the_run():
+    """Issue 14: with the old fixed horizon of 10,000 episodes a 1,280-episode run could move β by at most
+    ≈ 2.6 % ((1 + 0.2·32/10000)^40); the default horizon (a tenth of the run's episodes) lets β grow up to
+    (1 + 0.2·32/128)^40 = 1.05^40 ≈ 7.04× when the KL stays above the target, and shrink to 0.95^40 ≈ 0.129×
+    when it stays below."""
+    from training.rlhf.ppo_config import PPOConfig
+
+    config = PPOConfig(policy="p", reward_model="r", prompts="q", output_dir="o")
+    assert config.episodes == 1280 and config.kl_horizon_episodes == 128
+    up = AdaptiveKLController(0.05, target=config.kl_target, horizon=config.kl_horizon_episodes)
+    down = AdaptiveKLController(0.05, target=config.kl_target, horizon=config.kl_horizon_episodes)
+    old = AdaptiveKLController(0.05, target=config.kl_target, horizon=10_000)
+    for _ in range(config.num_iterations):
+        up.update(config.kl_target * 3, n_steps=config.rollout_batch_size)
+        down.update(0.0, n_steps=config.rollout_batch_size)
+        old.update(config.kl_target * 3, n_steps=config.rollout_batch_size)
+    assert up.value == pytest.approx(0.05 * 1.05**40, rel=1e-12) and up.value / 0.05 > 7.0
+    assert down.value == pytest.approx(0.05 * 0.95**40, rel=1e-12)
+    assert old.value / 0.05 < 1.03

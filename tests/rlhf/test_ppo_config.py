@@ -41,7 +41,11 @@ def test_derived_sizes_are_computed_once_from_the_options():
     assert config.optimizer_steps_per_iteration == 16
     assert config.total_optimizer_steps == 512
     assert config.warmup_steps == 26
-    assert config.generation_batch_size == 64 and not config.adaptive_kl
+    assert config.generation_batch_size == 64 and config.adaptive_kl  # kl_target 3 by default
+    assert config.kl_horizon_episodes == 2048 // 10 and config.kl_stop == 2.0 * 3.0  # relative to the run
+    assert not PPOConfig(**REQUIRED, kl_target=0.0).adaptive_kl
+    assert PPOConfig(**REQUIRED, kl_target=0.0).kl_stop == 0.0
+    assert PPOConfig(**REQUIRED, kl_horizon=5000).kl_horizon_episodes == 5000
     assert PPOConfig(**REQUIRED, iterations=5, total_episodes=100_000).num_iterations == 5
     assert PPOConfig(**REQUIRED, total_episodes=65, rollout_batch_size=64, mini_batch_size=16).num_iterations == 2
     assert PPOConfig(**REQUIRED, kl_target=6.0).adaptive_kl

@@ -52,7 +52,10 @@ def make_config(lm, rm, prompts, out, **overrides) -> PPOConfig:
     values = dict(policy=str(lm), reward_model=str(rm), prompts=str(prompts), output_dir=str(out), iterations=2,
                   rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ppo_epochs=2, response_length=8,
                   sample_every=1, samples_per_table=3, checkpoint_every=0, eval_fraction=0.2, lr=1e-3,
-                  critic_lr=1e-3, seed=3)
+                  critic_lr=1e-3, seed=3,
+                  # the mechanics under test here; the defences (best-policy selection, KL stop) have their
+                  # own tests in test_ppo_defences.py
+                  select_every=0, kl_stop_factor=0.0)
     values.update(overrides)
     return PPOConfig(**values)
 
@@ -344,3 +347,47 @@ def test_stop_token_resolution(random_lm_dir):
     assert resolve_stop_ids(tokenizer, ".") == [period[0], eos]
     with pytest.raises(ConfigError, match="single token"):
         resolve_stop_ids(tokenizer, "not one token at all")
+
+
+@pytest.mark.parametrize("critic_lora", [False, True])
+def test_critic_starts_from_the_calibrated_reward_model(random_lm_dir, tmp_path, critic_lora):
+    """InstructGPT initialises the value function from the RM; the returns are built from the calibrated
+    score, so the critic's value at the EOS token must equal the calibrated score, not the raw head output."""
+    from training.rlhf.calibration import Calibration
+    from training.rlhf.policy import ModelSettings, build_ppo_models
+    from training.rlhf.reward_model import RewardModel, last_token_index, pad_sequences
+
+    torch.manual_seed(2)
+    rm = RewardModel.from_backbone(str(random_lm_dir))
+    rm.calibration = Calibration(bias=1.74, gain=0.37)
+    rm_dir = rm.save_pretrained(tmp_path / "rm")
+    models = build_ppo_models(ModelSettings(policy=str(random_lm_dir), reward_model=str(rm_dir),
+                                            lora=critic_lora, critic_lora=critic_lora))
+    pairs = [("Review the jazz club:", " The band was loud."), ("Tell me about the bakery:", " Fresh bread!"),
+             ("Describe the night train:", " Late.")]
+    ids, mask = pad_sequences(models.reward_model.encode([p for p, _ in pairs], [r for _, r in pairs]),
+                              pad_id=models.reward_model.pad_token_id, side="right")
+    with torch.no_grad():
+        values = models.critic(ids, mask)
+        scores = models.reward_scores(ids, mask)
+        raw = models.reward_model(ids, mask, calibrated=False)
+    at_eos = values[torch.arange(len(pairs)), last_token_index(mask)]
+    torch.testing.assert_close(at_eos, scores, atol=1e-5, rtol=1e-5)
+    assert (at_eos - raw).abs().min() > 0.5  # the raw score is far off (the check can fail)
+
+
+@pytest.mark.parametrize("critic_lora", [False, True])
+def test_no_dropout_while_logprobs_are_computed(random_lm_dir, random_rm_dir, prompt_file, tmp_path, critic_lora):
+    """lora_dropout > 0: the rollout's log-probs and the update's come from the same dropout-free policy, so
+    with one PPO epoch of one mini-batch every ratio is 1 — at iteration 2 as well, where the adapters are no
+    longer zero (at iteration 1 LoRA's zero-initialised B hides any dropout)."""
+    reporter = RecordingReporter()
+    config = make_config(random_lm_dir, random_rm_dir, prompt_file, tmp_path / "out", iterations=2, ppo_epochs=1,
+                         mini_batch_size=8, micro_batch_size=4, lora=True, critic_lora=critic_lora,
+                         lora_dropout=0.5, evaluate=False, kl_target=0.0, sample_every=0)
+    train_ppo(config, reporter=reporter)
+    for step in (1, 2):
+        metrics = reporter.by_step()[step]
+        assert metrics["approx_kl"] < 1e-12 and metrics["clip_fraction"] == 0.0, step
+        assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-6), step
+    assert reporter.by_step()[1]["kl"] == pytest.approx(0.0, abs=1e-6)

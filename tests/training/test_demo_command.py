@@ -21,10 +21,7 @@ from training.models import Job, Metric, Sample, TrainingRun
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 PLAN = PLANS[DemoSize.SMALL]
-# Above chance (0.5). The small demo measured 0.64–0.72 on ≈ 150 held-out pairs here, but CI measured 0.541 on 157
-# (2026-12-03): its RM is not reliably better than that on every machine yet (issue 14), so the test asks for
-# better than chance only.
-RM_ORACLE_FLOOR = 0.5
+RM_ORACLE_FLOOR = 0.55  # chance is 0.5; the small demo measures 0.64–0.72 on ≈ 150 held-out pairs
 
 
 @pytest.fixture
@@ -91,9 +88,17 @@ def test_small_demo_runs_every_stage_then_reuses_them(demo_world):
     for key in ("oracle_score", "rm_score", "kl", "eos_rate"):
         assert key in before and key in after
     assert before["kl"] == 0.0 and 0.0 <= after["win_rate"] <= 1.0
-    assert Metric.objects.filter(run=ppo, name="kl").count() == PLAN.ppo["iterations"]
+    selection = ppo.evaluation["selection"]
+    assert Metric.objects.filter(run=ppo, name="kl").count() == selection["last_iteration"]
+    assert selection["last_iteration"] == PLAN.ppo["iterations"] or selection["stopped_early"]
+    assert Metric.objects.filter(run=ppo, name="eval/oracle_score").exists()  # proxy vs gold per iteration
     assert Sample.objects.filter(run=ppo).exists()
-    assert "oracle score" in output and "win rate" in output
+    assert "oracle score" in output and "win rate" in output and "oracle gain" in output
+    # the gold gain is outside the evaluation's own noise: its 95 % interval over the held-out prompts is
+    # above 0 (10 runs, seeds × threads: bench/RESULTS.md "The demo's PPO stage at every size")
+    gain = ppo.evaluation["delta_ci"]["oracle_score"]
+    assert after["n_prompts"] == gain["n_prompts"] * PLAN.ppo["eval_samples"]
+    assert gain["low"] > 0, gain
 
     # 6. a new round from the PPO policy (and, blind, from the starting policy) for humans
     job = Job.objects.get(kind=Job.Kind.NEW_ROUND)

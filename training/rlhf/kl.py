@@ -75,7 +75,10 @@ class AdaptiveKLController:
         β_{t+1} = β_t · (1 + e_t · n_steps / horizon)
 
     KL_t is the mean per-sequence KL of the last rollout and n_steps the number of sequences in it, so β changes
-    by at most 20 % per `horizon` sequences.
+    by at most 20 % per `horizon` sequences. The horizon must be short against the run for the controller to
+    act at all: Ziegler et al. used 10,000 episodes on runs of millions, and on a 1,280-episode run the same
+    horizon moves β by ≤ 2.6 % (issue 14). PPOConfig's default horizon is a tenth of the run's episodes
+    (β can change by up to (1 ± 0.2·B/H)^N ≈ 7× / 0.13× over N iterations of B rollouts).
     """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:

@@ -3,7 +3,8 @@ cosine learning-rate schedule, seeding with a per-rank offset, and capture/resto
 (so a resumed run draws the same random numbers it would have drawn without the interruption).
 
 Stable API (PPO imports it): `param_groups`, `build_adamw`, `warmup_cosine_lambda`,
-`warmup_cosine_scheduler`, `warmup_steps_for`, `seed_everything`, `capture_rng_state`, `restore_rng_state`.
+`warmup_cosine_scheduler`, `warmup_steps_for`, `use_cpu`, `seed_everything`, `capture_rng_state`,
+`restore_rng_state`.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def warmup_cosine_scheduler(
         warmup_cosine_lambda, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_ratio
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+def use_cpu(requested: bool) -> bool:
+    """Whether the Accelerator must be told `cpu=True`: when asked, and whenever the machine has no accelerator
+    (GPU, XPU…). Without it, accelerate treats a torchrun launch on a CPU-only host as one process per rank,
+    each training alone: it forms the gloo process group only for `cpu=True` (or ACCELERATE_USE_CPU=1)."""
+    return bool(requested) or not torch.accelerator.is_available()
 
 
 def seed_everything(seed: int, *, rank: int = 0) -> int:

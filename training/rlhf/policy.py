@@ -6,13 +6,15 @@
   base plus a LoRA adapter and the reference is the same module with the adapter disabled (peft
   `disable_adapter()`): one copy of the policy weights in memory instead of two.
 - **Critic** (`ValueModel`): a backbone plus a scalar value head on every position. Initialised from the reward
-  model's backbone and score head (InstructGPT §3.5: "we initialize the value function from the RM"), or from
+  model's backbone and score head with its calibration folded in, so V at the EOS token starts at the
+  calibrated score (InstructGPT §3.5: "we initialize the value function from the RM"), or from
   the policy's backbone with a zero value head. With `critic_lora` the critic is a LoRA adapter on the reward
   model's own backbone (one copy for RM and critic; the RM scores with the adapter disabled).
 - **Reward model**: `RewardModel.from_pretrained` with its calibration, frozen.
 
-Dropout is switched off in all of them (N+ implementation details: dropout makes the log-probs of the rollout
-and of the PPO update disagree, so the ratio is not 1 at the first step). `PPOModels` hides the memory mode from
+Dropout is switched off in all of them, the actor's LoRA dropout included (N+ implementation details: dropout
+makes the log-probs of the rollout and of the PPO update disagree, so the ratio is not 1 at the first step);
+`lora_dropout` applies to the critic's adapters, whose rollout values are computed in eval mode. `PPOModels` hides the memory mode from
 the trainer: `reference_logprobs` and `reward_scores` do the right thing in both.
 """
 
@@ -30,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from training.rlhf.calibration import Calibration
 from training.rlhf.reward_model import RewardModel, disable_dropout, load_backbone
 from training.rlhf.rollout import Sequences, response_logprobs
 
@@ -218,16 +221,34 @@ class ValueModel(nn.Module):
         return cls(disable_dropout(backbone), head, info=info)
 
 
-def value_head_like(score_head: nn.Linear | None, hidden_size: int) -> nn.Linear:
-    """A float32 value head: a copy of the reward model's score head, or zeros (V ≡ 0 at the start) when there
-    is none to copy (a critic initialised from the policy)."""
+def value_head_like(score_head: nn.Linear | None, hidden_size: int, *, calibration: Calibration | None = None
+                    ) -> nn.Linear:
+    """A float32 value head: the reward model's score head with its calibration folded in, or zeros (V ≡ 0 at
+    the start) when there is none to copy (a critic initialised from the policy).
+
+    Folding r = gain · (w·h + b) + bias into one affine map: w' = gain · w, b' = gain · b + bias, so the
+    critic's value at the EOS token starts at the calibrated score that the returns are built from.
+    """
     head = nn.Linear(hidden_size, 1)
     if score_head is None:
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
-    else:
-        head.load_state_dict({k: v.detach().float().clone() for k, v in score_head.state_dict().items()})
+        return head
+    calibration = calibration or Calibration()
+    weight = score_head.weight.detach().double() * calibration.gain
+    bias = score_head.bias.detach().double() * calibration.gain + calibration.bias
+    head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
     return head
+
+
+def disable_lora_dropout(model: nn.Module) -> nn.Module:
+    """Dropout p = 0 inside LoRA adapters too (`disable_dropout` leaves them as configured). PPO's actor needs it:
+    the rollout's log-probs and the update's must come from the same function, or the ratio is not 1 where
+    the policy has not moved (N+ implementation details, "disable dropout")."""
+    for name, module in model.named_modules():
+        if "lora_dropout" in name and isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
 
 
 def _hidden_size_of(backbone: nn.Module) -> int:
@@ -306,8 +327,10 @@ class PPOModels:
 def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "cpu") -> PPOModels:
     """Load actor, critic, reference and reward model for PPO (all dropout-free; reference and RM frozen).
 
-    Trainable weights are float32 (mixed precision comes from the accelerator's autocast); the frozen models
-    use `frozen_dtype` (bf16 on GPUs to halve their memory).
+    Trainable weights are float32 (mixed precision comes from the accelerator's autocast); the frozen reward
+    model uses `frozen_dtype` (bf16 on GPUs to halve its memory; its head and calibration stay float32). The
+    frozen reference is float32 like the actor, so both take the same precision path under autocast (LoRA
+    memory mode needs no copy at all).
     """
     from peft import get_peft_model
 
@@ -322,12 +345,14 @@ def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "c
                          f"{embeddings.num_embeddings} embeddings")
     reference: nn.Module | None = None
     if settings.lora:
-        actor = get_peft_model(actor, lora_config(
+        actor = disable_lora_dropout(get_peft_model(actor, lora_config(
             actor, r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout,
             target_modules=settings.lora_target_modules, task_type="CAUSAL_LM",
-        ))
+        )))
     else:
-        reference = freeze(load_policy_model(settings.policy, dtype=settings.frozen_dtype,
+        # The reference in the actor's dtype (float32): under bf16 autocast both then run the same precision
+        # path, so the KL is exactly 0 while the actor equals the reference (a bf16 copy gave 1e-3 at step 1).
+        reference = freeze(load_policy_model(settings.policy, dtype=torch.float32,
                                              trust_remote_code=settings.trust_remote_code))
     if settings.gradient_checkpointing:
         enable_activation_checkpointing(actor)
@@ -352,7 +377,7 @@ def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "c
                 target_modules=settings.lora_target_modules, task_type=None,
             ))
             shares = True
-            score_head = reward_model.score_head
+            score_head, calibration = reward_model.score_head, reward_model.calibration
         else:
             critic_source = RewardModel.from_pretrained(settings.reward_model, dtype=torch.float32,
                                                         trust_remote_code=settings.trust_remote_code)
@@ -360,7 +385,7 @@ def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "c
             if is_peft_model(backbone):
                 backbone = backbone.merge_and_unload()
             backbone.requires_grad_(True)
-            score_head = critic_source.score_head
+            score_head, calibration = critic_source.score_head, critic_source.calibration
         info = {"critic_init": "reward_model", "base_reward_model": str(Path(settings.reward_model).resolve())}
     else:
         base = load_policy_model(settings.policy, dtype=torch.float32, trust_remote_code=settings.trust_remote_code)
@@ -369,12 +394,13 @@ def build_ppo_models(settings: ModelSettings, *, device: torch.device | str = "c
         backbone.requires_grad_(True)
         if settings.critic_lora:
             raise ValueError("critic_lora needs critic_init=reward_model")
-        score_head = None
+        score_head, calibration = None, None
         info = {"critic_init": "policy", "base_policy": settings.policy}
     disable_dropout(backbone)
     if settings.gradient_checkpointing:
         enable_activation_checkpointing(backbone.get_base_model() if is_peft_model(backbone) else backbone)
-    critic = ValueModel(backbone, value_head_like(score_head, _hidden_size_of(backbone)), info=info)
+    critic = ValueModel(backbone, value_head_like(score_head, _hidden_size_of(backbone), calibration=calibration),
+                        info=info)
 
     for model in (actor, critic, reward_model) + ((reference,) if reference is not None else ()):
         model.to(device)

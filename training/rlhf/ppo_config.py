@@ -33,8 +33,15 @@ from training.rlhf.configs import (
 KL_ESTIMATOR_CHOICES = ("k1", "k3")
 SCORE_NORM_CHOICES = ("none", "running", "batch")
 CRITIC_INIT_CHOICES = ("reward_model", "policy")
+ENSEMBLE_COMBINATION_CHOICES = ("mean", "min", "uwo", "mean_minus_std")  # rm_ensemble.combine_scores
+SELECT_SIGNAL_CHOICES = ("auto", "oracle", "held_out_rm", "penalised_score")
 TASK_CHOICES = ("auto", "demo", "none")
 INSTRUCTGPT_PTX_COEF = 27.8
+# Defaults against reward over-optimisation, chosen from the seeds × threads runs in bench/RESULTS.md
+# ("PPO over-optimisation on the demo task").
+KL_TARGET_DEFAULT = 3.0
+KL_HORIZON_RUN_FRACTION_DEN = 10  # auto horizon = episodes / 10: β can grow ≈ e^(0.2·10) ≈ 7× over a run
+KL_STOP_FACTOR_DEFAULT = 2.0
 
 
 @dataclass
@@ -42,8 +49,17 @@ class PPOConfig:
     # --- models and data ---
     policy: str = option("", "Policy to start from (the SFT model): a local checkpoint directory or a hub id; a "
                              "directory holding a peft adapter is merged into its base.")
-    reward_model: str = option("", "Reward model directory written by train_rm (RewardModel.from_pretrained); it "
-                                   "scores rollouts (calibrated) and initialises the critic.")
+    reward_model: str = option("", "Reward model directory written by train_rm (RewardModel.from_pretrained), or "
+                                   "an ensemble directory (rm_ensemble.train_reward_model_ensemble); it scores "
+                                   "rollouts (calibrated) and its first member initialises the critic.")
+    reward_ensemble: list[str] = option([], "Further reward model directories (trained from the same snapshot with "
+                                            "other seeds) scored with reward_model; PPO optimises their "
+                                            "ensemble_combination (Coste et al. 2024).")
+    ensemble_combination: str = option("min", "How an ensemble's calibrated scores combine into the reward "
+                                              "(rm_ensemble.py): mean, min (worst case), uwo (mean − "
+                                              "ensemble_coef · variance) or mean_minus_std.",
+                                       choices=ENSEMBLE_COMBINATION_CHOICES)
+    ensemble_coef: float = option(1.0, "λ of the uwo and mean_minus_std combinations.")
     prompts: str = option("", "Prompt file: JSONL with a \"prompt\" field per line (optional \"metadata\", e.g. "
                               "{\"task\": \"demo\"}), or plain text with one prompt per line.")
     output_dir: str = option("", "Directory for config.json, events, checkpoints/, the final policy/ and "
@@ -53,6 +69,8 @@ class PPOConfig:
     eval_fraction: float = option(0.1, "Share of the prompts held out for evaluation when eval_prompts is empty "
                                        "(0: no held-out set, no evaluation).")
     eval_max_prompts: int = option(64, "Evaluate on at most this many held-out prompts.")
+    eval_samples: int = option(1, "Responses sampled per held-out prompt in the before/after evaluation (more "
+                                  "samples, a narrower interval for the gain).")
     evaluate: bool = option(True, "Run the before/after evaluation (RM score, KL to the reference, win rate, "
                                   "oracle score on demo prompts).")
     task: str = option("auto", "Prompt task: 'demo' enables the demo oracle in evaluation and samples; 'auto' "
@@ -85,9 +103,14 @@ class PPOConfig:
                                      "k3 = (r − 1) − log r (unbiased, ≥ 0, lower variance).",
                                choices=KL_ESTIMATOR_CHOICES)
     init_kl_coef: float = option(0.05, "β, the KL penalty coefficient (its initial value when adaptive).")
-    kl_target: float = option(0.0, "Target KL per response for the adaptive controller (Ziegler et al. 2019); "
-                                   "0 keeps β fixed.")
-    kl_horizon: int = option(10000, "Adaptive KL horizon in episodes: β moves by at most 20 % per horizon.")
+    kl_target: float = option(KL_TARGET_DEFAULT, "Target KL (nats per response) for the adaptive controller "
+                                                 "(Ziegler et al. 2019); 0 keeps β fixed.")
+    kl_horizon: int = option(0, "Adaptive KL horizon in episodes: β moves by at most 20 % per horizon; 0 sets "
+                                f"it to 1/{KL_HORIZON_RUN_FRACTION_DEN} of the run's episodes, so that the "
+                                "controller can act within the run.")
+    kl_stop_factor: float = option(KL_STOP_FACTOR_DEFAULT, "Early stopping on KL: end the training when a "
+                                                           "rollout's mean KL exceeds this multiple of kl_target "
+                                                           "(0: never; needs kl_target > 0).")
     score_norm: str = option("none", "Normalise RM scores: none (the RM's calibration centres them), running "
                                      "(mean/std over all rollouts so far), or batch (per rollout).",
                              choices=SCORE_NORM_CHOICES)
@@ -122,18 +145,34 @@ class PPOConfig:
                                       "instead of two. Needs critic_init = reward_model.")
     lora_r: int = option(16, "LoRA rank.")
     lora_alpha: float = option(32.0, "LoRA scaling numerator (updates are scaled by alpha / r).")
-    lora_dropout: float = option(0.0, "Dropout inside the LoRA adapters (the models' own dropout is always off).")
+    lora_dropout: float = option(0.0, "Dropout inside the critic's LoRA adapters (critic_lora; the actor's and the "
+                                      "models' own dropout are always off, so the PPO ratio starts at 1).")
     lora_target_modules: list[str] = option(["all-linear"], "Module names LoRA adapts (e.g. c_attn c_proj, or "
                                                             "q_proj v_proj); 'all-linear' targets every linear "
                                                             "layer but the output head.")
     critic_init: str = option("reward_model", "Critic initialisation: reward_model (its backbone and score head, "
                                               "as InstructGPT) or policy (the policy's backbone, value head 0).",
                               choices=CRITIC_INIT_CHOICES)
-    bf16: str = option("auto", "bfloat16 mixed precision (the frozen reference and reward model are stored in "
-                               "bf16): auto (on GPUs that support it), true, or false.", choices=BF16_CHOICES)
+    bf16: str = option("auto", "bfloat16 mixed precision (the frozen reward model is stored in bf16; the "
+                               "reference in float32 like the actor): auto (on GPUs that support it), true, or false.", choices=BF16_CHOICES)
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass (less memory, "
                                                  "~30 % slower).")
     cpu: bool = option(False, "Run on the CPU even when a GPU is available.")
+    # --- keeping the best policy ---
+    select_every: int = option(5, "Evaluate the policy on the selection prompts every N iterations and keep the "
+                                  "best one as the final policy (0: the final policy is the last one).")
+    select_fraction: float = option(0.1, "Share of the training prompts held out (not trained on) for the "
+                                         "periodic selection evaluation.")
+    select_max_prompts: int = option(16, "At most this many selection prompts.")
+    select_samples: int = option(4, "Responses sampled per selection prompt at each selection evaluation.")
+    select_signal: str = option("auto", "What the best policy maximises on the selection prompts: oracle (the "
+                                        "demo task's hidden score), held_out_rm (selection_reward_model, a reward "
+                                        "model PPO does not optimise), penalised_score (the optimised score − β·KL "
+                                        "to the start); auto: oracle on the demo task, else held_out_rm when "
+                                        "selection_reward_model is set, else penalised_score.",
+                                choices=SELECT_SIGNAL_CHOICES)
+    selection_reward_model: str = option("", "A reward model not optimised (e.g. an ensemble member left out of "
+                                             "reward_ensemble) that scores the selection evaluation.")
     # --- progress, checkpoints, resume ---
     seed: int = option(0, "Random seed (prompt order, sampling, mini-batch shuffles); each process adds its "
                           "rank.")
@@ -149,13 +188,19 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_required(self, "policy", "reward_model", "prompts", "output_dir")
-        check_strings(self, "eval_prompts", "ptx_dataset", "resume", "stop_token")
+        check_strings(self, "eval_prompts", "ptx_dataset", "resume", "stop_token", "selection_reward_model")
+        if isinstance(self.reward_ensemble, str):
+            self.reward_ensemble = [m for m in self.reward_ensemble.replace(",", " ").split() if m]
+        if not isinstance(self.reward_ensemble, list) or not all(isinstance(m, str) and m.strip()
+                                                                 for m in self.reward_ensemble):
+            raise ConfigError("reward_ensemble", "must be a list of reward model directories")
         if not self.stop_token:
             raise ConfigError("stop_token", "is required ('eos' or a token string)")
         for name, minimum in (
             ("eval_max_prompts", 1), ("max_prompt_length", 1), ("iterations", 0), ("total_episodes", 0),
             ("rollout_batch_size", 1), ("mini_batch_size", 1), ("micro_batch_size", 1),
-            ("inference_batch_size", 0), ("ppo_epochs", 1), ("response_length", 1), ("kl_horizon", 1),
+            ("inference_batch_size", 0), ("ppo_epochs", 1), ("response_length", 1), ("kl_horizon", 0),
+            ("eval_samples", 1), ("select_every", 0), ("select_max_prompts", 1), ("select_samples", 1),
             ("ptx_batch_size", 1), ("lora_r", 1), ("seed", 0), ("log_every", 1), ("sample_every", 0),
             ("samples_per_table", 1), ("checkpoint_every", 0), ("keep_checkpoints", 1),
         ):
@@ -169,12 +214,16 @@ class PPOConfig:
             ("warmup_ratio", 0.0, 1.0, "[)"), ("min_lr_ratio", 0.0, 1.0, "[]"), ("weight_decay", 0.0, math.inf, "[)"),
             ("max_grad_norm", 0.0, math.inf, "[)"), ("ptx_coef", 0.0, math.inf, "[)"),
             ("lora_alpha", 0.0, math.inf, "()"), ("lora_dropout", 0.0, 1.0, "[)"),
+            ("ensemble_coef", 0.0, math.inf, "[)"), ("kl_stop_factor", 0.0, math.inf, "[)"),
+            ("select_fraction", 0.0, 1.0, "[)"),
         ):
             check_number(self, name, low, high, low_open=ends[0] == "(", high_open=ends[1] == ")")
         check_choice(self, "task", TASK_CHOICES)
         check_choice(self, "kl_estimator", KL_ESTIMATOR_CHOICES)
         check_choice(self, "score_norm", SCORE_NORM_CHOICES)
         check_choice(self, "critic_init", CRITIC_INIT_CHOICES)
+        check_choice(self, "ensemble_combination", ENSEMBLE_COMBINATION_CHOICES)
+        check_choice(self, "select_signal", SELECT_SIGNAL_CHOICES)
         normalise_bf16(self)
         check_booleans(self, "evaluate", "trust_remote_code", "whiten_rewards", "whiten_advantages", "lora",
                        "critic_lora", "gradient_checkpointing", "cpu")
@@ -183,6 +232,11 @@ class PPOConfig:
             raise ConfigError("critic_lora", "needs critic_init = reward_model (the adapters share the RM's backbone)")
         if self.ptx_coef > 0 and not self.ptx_dataset.strip():
             raise ConfigError("ptx_dataset", "is required when ptx_coef > 0")
+        if self.kl_stop_factor > 0 and 0 < self.kl_target and self.kl_stop_factor <= 1:
+            raise ConfigError("kl_stop_factor", f"must be > 1 (a multiple of kl_target above it) or 0, got "
+                                                f"{self.kl_stop_factor}")
+        if self.select_signal == "held_out_rm" and not self.selection_reward_model.strip():
+            raise ConfigError("selection_reward_model", "is required when select_signal = held_out_rm")
         if self.iterations == 0 and self.total_episodes == 0:
             raise ConfigError("iterations", "set iterations or total_episodes (both are 0)")
         if self.rollout_batch_size % self.mini_batch_size:
@@ -204,10 +258,12 @@ class PPOConfig:
         self.episodes = self.num_iterations * self.rollout_batch_size
         self.generation_batch_size = self.inference_batch_size or self.rollout_batch_size
         self.adaptive_kl = self.kl_target > 0
+        self.kl_horizon_episodes = self.kl_horizon or max(1, self.episodes // KL_HORIZON_RUN_FRACTION_DEN)
+        self.kl_stop = self.kl_stop_factor * self.kl_target if self.adaptive_kl and self.kl_stop_factor else 0.0
 
     def derived(self) -> dict[str, Any]:
         """The sizes computed from the options (per process)."""
         names = ("num_iterations", "mini_batches_per_rollout", "gradient_accumulation_steps",
                  "optimizer_steps_per_iteration", "total_optimizer_steps", "warmup_steps", "episodes",
-                 "generation_batch_size", "adaptive_kl")
+                 "generation_batch_size", "adaptive_kl", "kl_horizon_episodes", "kl_stop")
         return {name: getattr(self, name) for name in names}

@@ -14,11 +14,20 @@ Huang et al. 2024, arXiv 2403.17031; Ziegler et al. 2019). Every iteration reads
     6  PPO epochs        `ppo_update`: reshuffled mini-batches → micro-batches with gradient accumulation;
                          clipped surrogate + vf_coef · clipped value loss (+ ptx_coef · LM loss)
     7  optimizer step    gradient clipping, AdamW, warm-up + cosine schedule (per mini-batch, in ppo_update)
-    8  KL controller     adapt β towards the target KL (or keep it fixed)
+    8  KL controller     adapt β towards the target KL (or keep it fixed); stop early when the KL exceeds
+                         kl_stop_factor × kl_target
     9  metrics           reward, RM score, KL, β, entropy, approx-KL, clip fractions, losses, explained
                          variance, ratio, response length, EOS rate, tokens/s … through the reporter
     10 samples           a sample table every `sample_every` iterations
     11 checkpoint        every `checkpoint_every` iterations, and on a graceful stop
+    (9b) selection       every `select_every` iterations: the policy on held-out selection prompts (the demo
+                         oracle, a reward model not optimised, or the score − β·KL); the best one is kept
+                         (`BestPolicy`) and becomes the final policy
+
+Against reward over-optimisation (Gao et al. 2023, "Scaling Laws for Reward Model Overoptimization"), by
+default: the adaptive KL controller with a target and a horizon relative to the run's length, early stopping
+on KL, and the best policy by a held-out signal; optionally an ensemble of reward models whose conservative
+combination is optimised (rm_ensemble.py, Coste et al. 2024).
 
 Around the loop: the prompts (prompts.py), models (policy.py), resume, the evaluation before and after on
 held-out prompts (ppo_eval.py: RM score, KL to the reference, win rate against the starting policy, the demo
@@ -41,7 +50,7 @@ from typing import Any
 
 import torch
 
-from training.rlhf import demo_task, ppo_eval
+from training.rlhf import demo_task, ppo_eval, rm_ensemble
 from training.rlhf.advantages import compute_gae, explained_variance, masked_mean, masked_whiten
 from training.rlhf.configs import ConfigError, config_to_dict, load_config, save_config
 from training.rlhf.kl import AdaptiveKLController, FixedKLController, kl_k1, make_kl_controller, per_token_kl
@@ -50,17 +59,27 @@ from training.rlhf.optim import (
     capture_rng_state,
     restore_rng_state,
     seed_everything,
+    use_cpu,
     warmup_cosine_scheduler,
 )
-from training.rlhf.policy import ModelSettings, PPOModels, build_ppo_models, is_peft_model, save_policy
+from training.rlhf.policy import (
+    ModelSettings,
+    PPOModels,
+    build_ppo_models,
+    freeze,
+    is_peft_model,
+    save_policy,
+    tokenizers_compatible,
+)
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.ppo_loss import clipped_policy_loss, clipped_value_loss, language_model_loss
 from training.rlhf.prompts import PromptStream, is_demo_task, load_prompts, load_texts, split_prompts
 from training.rlhf.reporter import NullReporter, Reporter
-from training.rlhf.reward_model import pad_sequences
+from training.rlhf.reward_model import RewardModel, pad_sequences
 from training.rlhf.rollout import (
     RunningMoments,
     Sequences,
+    eval_mode,
     generate_responses,
     join_prompt_response,
     normalise_scores,
@@ -72,15 +91,18 @@ from training.rlhf.rollout import (
     reward_model_sequences,
     select_rows,
     truncate_after_stop,
+    whiten_across,
 )
 from training.rlhf.sampling import encode_prompts, left_pad
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.json"
+RANK_STATE_FILE = "rank_state_{rank}.pt"  # per process: RNG, shuffle generator, ptx position, score moments
 # Options that must not change between a checkpoint and the run resuming it (the trajectory depends on them).
 RESUME_INVARIANTS = ("policy", "reward_model", "prompts", "rollout_batch_size", "mini_batch_size",
                      "micro_batch_size", "ppo_epochs", "lora", "critic_lora", "critic_init", "lora_r",
-                     "lora_target_modules", "seed", "eval_prompts", "eval_fraction", "ptx_dataset")
+                     "lora_target_modules", "seed", "eval_prompts", "eval_fraction", "ptx_dataset",
+                     "reward_ensemble", "select_fraction", "select_max_prompts")
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -102,9 +124,13 @@ class PPOResult:
 
 
 class TrainerState:
-    """Everything a resumed run needs beyond models, optimizers and schedulers: the iteration counter, the
-    prompt and ptx positions, the mini-batch shuffling generator, the running score moments and every RNG
-    (optim.capture_rng_state). Registered with accelerate's checkpointing (state_dict/load_state_dict)."""
+    """Everything a resumed run needs beyond models, optimizers and schedulers.
+
+    Shared by all processes (`state_dict`, registered with accelerate's checkpointing, saved by rank 0): the
+    iteration counter, the episodes, the prompt position. Per process (`rank_state_dict`, saved by every rank
+    as rank_state_<r>.pt and restored AFTER accelerate's own restore): the mini-batch shuffling generator, the
+    ptx position, the running score moments and every RNG (optim.capture_rng_state) — restoring rank 0's copy
+    on every rank would replay rank 0's draws everywhere."""
 
     def __init__(self, *, prompts: PromptStream, shuffle: torch.Generator, moments: RunningMoments,
                  ptx: PromptStream | None) -> None:
@@ -122,6 +148,10 @@ class TrainerState:
             "episodes": self.episodes,
             "elapsed": self.elapsed,
             "prompts": self.prompts.state_dict(),
+        }
+
+    def rank_state_dict(self) -> dict[str, Any]:
+        return {
             "shuffle": self.shuffle.get_state(),
             "moments": self.moments.state_dict(),
             "ptx": self.ptx.state_dict() if self.ptx is not None else None,
@@ -133,11 +163,58 @@ class TrainerState:
         self.episodes = int(state["episodes"])
         self.elapsed = float(state.get("elapsed", 0.0))
         self.prompts.load_state_dict(state["prompts"])
+        if "shuffle" in state:  # a checkpoint from before the per-rank files (one process)
+            self.load_rank_state_dict(state)
+
+    def load_rank_state_dict(self, state: dict[str, Any]) -> None:
         self.shuffle.set_state(state["shuffle"])
         self.moments.load_state_dict(state["moments"])
         if self.ptx is not None and state.get("ptx") is not None:
             self.ptx.load_state_dict(state["ptx"])
         restore_rng_state(state["rng"])
+
+
+class BestPolicy:
+    """The best policy so far by the held-out selection signal: its iteration, its score and a CPU copy of the
+    actor's trainable weights (the LoRA adapters in memory mode, else every weight). Registered with
+    accelerate's checkpointing, so a resumed run keeps it. Keeping the best checkpoint by a held-out signal
+    instead of the last one is early stopping against over-optimisation (Gao et al. 2023, §4)."""
+
+    def __init__(self) -> None:
+        self.iteration: int | None = None
+        self.score = -math.inf
+        self.weights: dict[str, torch.Tensor] | None = None
+        self.history: list[tuple[int, float]] = []  # (iteration, selection score) of every selection evaluation
+
+    def offer(self, iteration: int, score: float, actor) -> bool:
+        """Record `score` at `iteration`; keep the actor's weights when it beats the best. True when kept."""
+        self.history.append((iteration, score))
+        if not math.isfinite(score) or score <= self.score:
+            return False
+        self.iteration, self.score = iteration, score
+        trainable = {name for name, p in actor.named_parameters() if p.requires_grad}
+        self.weights = {name: t.detach().to("cpu", copy=True) for name, t in actor.state_dict().items()
+                        if name in trainable}
+        return True
+
+    def restore(self, actor) -> None:
+        """Load the kept weights into `actor` (nothing when none was kept)."""
+        if self.weights is None:
+            return
+        missing = set(self.weights) - set(actor.state_dict())
+        if missing:
+            raise ValueError(f"the kept best policy has weights the actor lacks (e.g. {sorted(missing)[0]})")
+        actor.load_state_dict(self.weights, strict=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "score": self.score, "weights": self.weights,
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = state["iteration"]
+        self.score = float(state["score"])
+        self.weights = state["weights"]
+        self.history = [tuple(h) for h in state.get("history", [])]
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
@@ -219,7 +296,8 @@ class RolloutBatch:
     response_mask: torch.Tensor  # (B, R)
     has_stop: torch.Tensor  # (B,)
     response_texts: list[str]
-    rm_scores: torch.Tensor  # (B,) calibrated RM scores
+    rm_scores: torch.Tensor  # (B,) calibrated RM scores (an ensemble's combination when there is one)
+    member_spread: torch.Tensor | None = None  # (B,) std of an ensemble's member scores, None for one RM
 
 
 def resolve_stop_ids(tokenizer, stop_token: str) -> list[int]:
@@ -242,10 +320,13 @@ def resolve_stop_ids(tokenizer, stop_token: str) -> list[int]:
 class PolicyRuntime:
     """The pieces the loop and the evaluation share: models, tokenizer ids, the RM prompt cache."""
 
-    def __init__(self, config: PPOConfig, models: PPOModels, accelerator) -> None:
+    def __init__(self, config: PPOConfig, models: PPOModels, accelerator,
+                 ensemble: Sequence[RewardModel] = ()) -> None:
         self.config = config
         self.models = models
         self.accelerator = accelerator
+        self.ensemble = list(ensemble)  # reward models scored besides models.reward_model (frozen)
+        self._ensemble_reads_ids = [tokenizers_compatible(models.tokenizer, rm.tokenizer) for rm in self.ensemble]
         tokenizer = models.tokenizer
         self.pad_id = int(tokenizer.pad_token_id)
         self.stop_ids = resolve_stop_ids(tokenizer, config.stop_token)
@@ -259,10 +340,12 @@ class PolicyRuntime:
                 self._prompt_cache[text] = ids[-self.config.max_prompt_length :]
         return [self._prompt_cache[t] for t in texts]
 
-    def rm_prompt_ids(self, text: str) -> list[int]:
-        if text not in self._rm_prompt_cache:
-            self._rm_prompt_cache[text] = self.models.reward_model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self._rm_prompt_cache[text]
+    def rm_prompt_ids(self, text: str, rm: RewardModel | None = None) -> list[int]:
+        rm = rm or self.models.reward_model
+        key = f"{id(rm)}/{text}"
+        if key not in self._rm_prompt_cache:
+            self._rm_prompt_cache[key] = rm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._rm_prompt_cache[key]
 
     def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor, has_stop: torch.Tensor) -> list[str]:
         """Response texts without the stop token and special tokens (the text the oracle and humans read)."""
@@ -273,26 +356,50 @@ class PolicyRuntime:
             texts.append(self.models.tokenizer.decode(response_ids[b, :content].tolist(), skip_special_tokens=True))
         return texts
 
-    @torch.no_grad()
-    def score(self, prompt_texts: Sequence[str], response_ids: torch.Tensor, response_mask: torch.Tensor,
-              has_stop: torch.Tensor, response_texts: Sequence[str], critic) -> torch.Tensor:
-        """Calibrated RM scores (B,) of prompt + response + [eos] (the RM's own tokenisation of the prompt; the
-        policy's response ids when the tokenizers agree, else the response text re-tokenised)."""
-        rm = self.models.reward_model
-        if self.models.rm_reads_policy_ids:
-            sequences = reward_model_sequences(
-                [self.rm_prompt_ids(t) for t in prompt_texts], response_ids.cpu(), response_mask.cpu(),
+    def _rm_sequences(self, rm: RewardModel, reads_ids: bool, prompt_texts: Sequence[str],
+                      response_ids: torch.Tensor, response_mask: torch.Tensor, has_stop: torch.Tensor,
+                      response_texts: Sequence[str]) -> list[list[int]]:
+        """prompt + response + [eos] in `rm`'s tokens: its own tokenisation of the prompt and the policy's
+        response ids when the tokenizers agree, else the response text re-tokenised."""
+        if reads_ids:
+            return reward_model_sequences(
+                [self.rm_prompt_ids(t, rm) for t in prompt_texts], response_ids.cpu(), response_mask.cpu(),
                 has_stop.cpu(), end_token_id=rm.end_token_id, max_length=rm.max_length,
             )
-        else:
-            sequences = rm.encode(list(prompt_texts), list(response_texts))
+        return rm.encode(list(prompt_texts), list(response_texts))
+
+    def _score_chunks(self, rm: RewardModel, sequences: list[list[int]], forward) -> torch.Tensor:
         scores = []
         size = self.config.generation_batch_size
         for start in range(0, len(sequences), size):
             ids, mask = pad_sequences(sequences[start : start + size], pad_id=rm.pad_token_id, side="right")
             with self.accelerator.autocast():
-                scores.append(self.models.reward_scores(ids.to(rm.device), mask.to(rm.device), critic=critic))
-        return torch.cat(scores).float().to(response_ids.device)
+                scores.append(forward(ids.to(rm.device), mask.to(rm.device)))
+        return torch.cat(scores).float()
+
+    @torch.no_grad()
+    def score_members(self, prompt_texts: Sequence[str], response_ids: torch.Tensor, response_mask: torch.Tensor,
+                      has_stop: torch.Tensor, response_texts: Sequence[str], critic) -> torch.Tensor:
+        """Calibrated scores (M, B) of prompt + response + [eos] under every reward model: the primary one
+        (row 0) and the ensemble's other members."""
+        rm = self.models.reward_model
+        sequences = self._rm_sequences(rm, self.models.rm_reads_policy_ids, prompt_texts, response_ids,
+                                       response_mask, has_stop, response_texts)
+        rows = [self._score_chunks(rm, sequences, lambda i, m: self.models.reward_scores(i, m, critic=critic))]
+        for member, reads_ids in zip(self.ensemble, self._ensemble_reads_ids):
+            member_sequences = self._rm_sequences(member, reads_ids, prompt_texts, response_ids, response_mask,
+                                                  has_stop, response_texts)
+            rows.append(self._score_chunks(member, member_sequences, lambda i, m, rm=member: rm(i, m)))
+        return torch.stack([row.to(response_ids.device) for row in rows])
+
+    @torch.no_grad()
+    def score(self, prompt_texts: Sequence[str], response_ids: torch.Tensor, response_mask: torch.Tensor,
+              has_stop: torch.Tensor, response_texts: Sequence[str], critic) -> torch.Tensor:
+        """The reward model score PPO optimises (B,): the calibrated RM score, or an ensemble's
+        `ensemble_combination` of its members' calibrated scores (rm_ensemble.combine_scores)."""
+        members = self.score_members(prompt_texts, response_ids, response_mask, has_stop, response_texts, critic)
+        return rm_ensemble.combine_scores(members, method=self.config.ensemble_combination,
+                                          coef=self.config.ensemble_coef)
 
     def sample(self, policy, prompt_texts: Sequence[str], critic, *, seed: int | None = None) -> RolloutBatch:
         """Generate, truncate, decode and score responses of `policy` (an unwrapped causal LM)."""
@@ -309,8 +416,11 @@ class PolicyRuntime:
         response_ids, response_mask, has_stop = truncate_after_stop(raw, self.stop_ids, self.pad_id)
         sequences = join_prompt_response(prompt_ids, prompt_mask, response_ids, response_mask)
         texts = self.decode(response_ids, response_mask, has_stop)
-        scores = self.score(prompt_texts, response_ids, response_mask, has_stop, texts, critic)
-        return RolloutBatch(list(prompt_texts), sequences, response_ids, response_mask, has_stop, texts, scores)
+        members = self.score_members(prompt_texts, response_ids, response_mask, has_stop, texts, critic)
+        scores = rm_ensemble.combine_scores(members, method=config.ensemble_combination, coef=config.ensemble_coef)
+        spread = rm_ensemble.member_spread(members) if members.shape[0] > 1 else None
+        return RolloutBatch(list(prompt_texts), sequences, response_ids, response_mask, has_stop, texts, scores,
+                            spread)
 
     @torch.no_grad()
     def _in_chunks(self, function, sequences: Sequences) -> torch.Tensor:
@@ -334,8 +444,9 @@ class PolicyRuntime:
             lambda rows: self.models.reference_logprobs(rows, temperature=temperature, actor=actor), sequences)
 
     def values(self, critic, sequences: Sequences) -> torch.Tensor:
-        """V of every response token: (B, R)."""
-        return self._in_chunks(lambda rows: response_values(critic, rows), sequences)
+        """V of every response token: (B, R), in eval mode (no LoRA dropout in the rollout's values)."""
+        with eval_mode(critic):
+            return self._in_chunks(lambda rows: response_values(critic, rows), sequences)
 
 
 # --- the trainer -------------------------------------------------------------------------------------------------
@@ -349,9 +460,11 @@ def _bf16_enabled(config: PPOConfig) -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _model_settings(config: PPOConfig, *, frozen_dtype: torch.dtype) -> ModelSettings:
+def _model_settings(config: PPOConfig, *, frozen_dtype: torch.dtype, reward_model: str | None = None
+                    ) -> ModelSettings:
     return ModelSettings(
-        policy=config.policy, reward_model=config.reward_model, lora=config.lora, critic_lora=config.critic_lora,
+        policy=config.policy, reward_model=reward_model or config.reward_model, lora=config.lora,
+        critic_lora=config.critic_lora,
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         lora_target_modules=list(config.lora_target_modules), critic_init=config.critic_init,
         frozen_dtype=frozen_dtype, gradient_checkpointing=config.gradient_checkpointing,
@@ -488,7 +601,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
 
     transformers_logging.disable_progress_bar()  # per-file loading bars would flood the run's log
     bf16 = _bf16_enabled(config)
-    accelerator = Accelerator(cpu=config.cpu, mixed_precision="bf16" if bf16 else "no",
+    accelerator = Accelerator(cpu=use_cpu(config.cpu), mixed_precision="bf16" if bf16 else "no",
                               step_scheduler_with_optimizer=False)
     main = accelerator.is_main_process
     report: Reporter = (reporter or NullReporter()) if main else NullReporter()
@@ -508,21 +621,45 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     else:
         train_records, eval_records = split_prompts(records, eval_fraction=config.eval_fraction,
                                                     max_eval=config.eval_max_prompts, seed=config.seed)
-    demo = is_demo_task(train_records + eval_records, config.task)
+    select_records: list = []
+    if config.select_every and config.select_fraction > 0:  # held out of training for the best-policy choice
+        train_records, select_records = split_prompts(train_records, eval_fraction=config.select_fraction,
+                                                      max_eval=config.select_max_prompts, seed=config.seed + 1)
+    demo = is_demo_task(train_records + eval_records + select_records, config.task)
+    select_signal = config.select_signal
+    if select_signal == "auto":
+        select_signal = ("oracle" if demo else "held_out_rm" if config.selection_reward_model
+                         else "penalised_score")
+    if select_signal == "oracle" and not demo:
+        raise ConfigError("select_signal", "oracle needs the demo task (set task = demo or choose another signal)")
     report.on_log(f"PPO: {len(train_records)} training prompts, {len(eval_records)} held out"
-                  f"{' (demo task: oracle on)' if demo else ''}; {config.num_iterations} iterations of "
+                  + (f", {len(select_records)} for choosing the best policy by {select_signal}"
+                     if select_records else "")
+                  + f"{' (demo task: oracle on)' if demo else ''}; {config.num_iterations} iterations of "
                   f"{config.rollout_batch_size} rollouts × {accelerator.num_processes} process(es); "
                   f"derived sizes {config.derived()}")
 
     # 0b. models (policy.py), the ptx texts, optimizers and schedules
-    models = build_ppo_models(_model_settings(config, frozen_dtype=torch.bfloat16 if bf16 else torch.float32),
+    frozen_dtype = torch.bfloat16 if bf16 else torch.float32
+    reward_models = rm_ensemble.resolve_reward_models(config.reward_model, config.reward_ensemble)
+    models = build_ppo_models(_model_settings(config, frozen_dtype=frozen_dtype, reward_model=reward_models[0]),
                               device=accelerator.device)
+    ensemble = [freeze(RewardModel.from_pretrained(path, dtype=frozen_dtype, device=accelerator.device,
+                                                   trust_remote_code=config.trust_remote_code))
+                for path in reward_models[1:]]
+    if ensemble:
+        report.on_log(f"reward model ensemble of {len(reward_models)}: {config.ensemble_combination} of the "
+                      f"members' calibrated scores")
+    selection_rm = (freeze(RewardModel.from_pretrained(config.selection_reward_model, dtype=frozen_dtype,
+                                                       device=accelerator.device,
+                                                       trust_remote_code=config.trust_remote_code))
+                    if select_signal == "held_out_rm" else None)
     limit = getattr(models.actor.config, "max_position_embeddings", None) or getattr(
         models.actor.config, "n_positions", None)
     if limit is not None and config.max_prompt_length + config.response_length > limit:
         raise ConfigError("response_length", f"max_prompt_length + response_length = "
                           f"{config.max_prompt_length + config.response_length} exceeds the policy's {limit} positions")
-    runtime = PolicyRuntime(config, models, accelerator)
+    runtime = PolicyRuntime(config, models, accelerator, ensemble)
     ptx_ids: list[list[int]] = []
     if config.ptx_coef > 0:
         max_len = config.max_prompt_length + config.response_length
@@ -542,19 +679,23 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
 
     # 0c. the KL controller and the trainer state, checkpointed with the models
     kl_ctl = make_kl_controller(config.init_kl_coef, target=config.kl_target if config.adaptive_kl else None,
-                                horizon=config.kl_horizon)
+                                horizon=config.kl_horizon_episodes)
     shuffle = torch.Generator().manual_seed(config.seed + 7919 * accelerator.process_index)
     state = TrainerState(
         prompts=PromptStream(len(train_records), seed=config.seed), shuffle=shuffle, moments=RunningMoments(),
         ptx=PromptStream(len(ptx_ids), seed=config.seed + 1 + accelerator.process_index) if ptx_ids else None,
     )
-    accelerator.register_for_checkpointing(kl_ctl, state)
+    best = BestPolicy()
+    accelerator.register_for_checkpointing(kl_ctl, state, best)
     _trainable_state_hooks(accelerator)
 
     def save_checkpoint() -> Path:
         path = output_dir / CHECKPOINTS_DIR / f"iter-{state.iteration:06d}"
         accelerator.wait_for_everyone()
         accelerator.save_state(str(path), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        torch.save(state.rank_state_dict(), path / RANK_STATE_FILE.format(rank=accelerator.process_index))
+        accelerator.wait_for_everyone()
         if main:
             save_config(config, path / "config.json")
             summary = {"iteration": state.iteration, "episodes": state.episodes, "kl_coef": kl_ctl.value,
@@ -575,7 +716,10 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     evaluation: dict[str, Any] = {}
     before_rows: list[dict[str, Any]] = []
     if resume_from is not None:
-        accelerator.load_state(str(resume_from), strict=False)
+        accelerator.load_state(str(resume_from), strict=False)  # restores every rank's RNG, then ours:
+        rank_file = resume_from / RANK_STATE_FILE.format(rank=accelerator.process_index)
+        if rank_file.exists():  # (checkpoints written before per-rank state carry it in the shared state)
+            state.load_rank_state_dict(torch.load(rank_file, weights_only=True))
         report.on_log(f"resumed from {resume_from} at iteration {state.iteration} (β = {kl_ctl.value:.4g})")
         saved_before = ppo_eval.load_before(output_dir)
         if saved_before is not None:
@@ -586,15 +730,52 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     eval_seed = config.seed + 104729
     if config.evaluate and eval_records and "before" not in evaluation:
         summary, before_rows = ppo_eval.evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, eval_records,
-                                                        which="before", demo=demo, seed=eval_seed)
+                                                        which="before", demo=demo, seed=eval_seed,
+                                                        samples=config.eval_samples)
         evaluation["before"] = summary
         if main:
             ppo_eval.save_before(output_dir, summary, before_rows)
             report.on_evaluation({"before": summary})
             report.on_log(f"evaluation before: {ppo_eval.format_summary(summary)}")
 
+    # 0f. the best-policy selection: the starting policy is the first candidate (ppo_eval.py on the selection
+    #     prompts, `select_samples` responses each, a fixed seed; every process gets the same summary)
+    select_seed = config.seed + 15485863
+    scorer = None
+    if selection_rm is not None:
+        def scorer(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+            return selection_rm.score_texts(list(prompts), list(responses), batch_size=config.generation_batch_size)
+
+    def select(iteration: int) -> dict[str, float]:
+        summary, _ = ppo_eval.evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, select_records,
+                                              which="before" if iteration == 0 else "after", demo=demo,
+                                              seed=select_seed, samples=config.select_samples, scorer=scorer)
+        value = {"oracle": summary.get("oracle_score"), "held_out_rm": summary.get("held_out_score"),
+                 "penalised_score": summary["rm_score"] - kl_ctl.value * summary["kl"]}[select_signal]
+        kept = best.offer(iteration, float(value), unwrapped_actor)
+        found = {f"eval/{k}": float(summary[k]) for k in ("rm_score", "kl", "oracle_score", "held_out_score",
+                                                          "rm_member_spread") if k in summary}
+        found["eval/selection_score"] = float(value)
+        found["eval/best_iteration"] = float(best.iteration if best.iteration is not None else -1)
+        if kept:
+            report.on_log(f"selection at iteration {iteration}: {select_signal} {value:.4g} (best so far, kept)")
+        return found
+
+    selecting = bool(select_records)
+    if selecting and not best.history:
+        start_metrics = select(0)
+        report.on_log("selection at the start: " + ", ".join(f"{k} {v:.4g}" for k, v in start_metrics.items()))
+
     world = accelerator.num_processes
     metrics: dict[str, float] = {}
+
+    def whiten(values: torch.Tensor, values_mask: torch.Tensor, *, shift_mean: bool = True) -> torch.Tensor:
+        """Whitening over the real tokens of every process's rollout (one process: masked_whiten)."""
+        if world == 1:
+            return masked_whiten(values, values_mask, shift_mean=shift_mean)
+        return whiten_across(values, values_mask, shift_mean=shift_mean,
+                             reduce_sum=lambda t: accelerator.reduce(t, reduction="sum"))
+    stopped_early = False
     while state.iteration < config.num_iterations:
         if stop_requested():
             if result.checkpoint is None or result.checkpoint.name != f"iter-{state.iteration:06d}":
@@ -619,8 +800,9 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         values = runtime.values(unwrapped_critic, sequences) * mask
 
         # 2. score: the calibrated RM score of prompt + response + EOS (computed in runtime.sample), then
-        #    normalisation, the missing-EOS penalty and clipping
-        scores = normalise_scores(batch.rm_scores, config.score_norm, state.moments)
+        #    normalisation (statistics over every process's rollout), the missing-EOS penalty and clipping
+        population = accelerator.gather(batch.rm_scores) if world > 1 and config.score_norm != "none" else None
+        scores = normalise_scores(batch.rm_scores, config.score_norm, state.moments, population=population)
         scores = penalise_and_clip_scores(scores, batch.has_stop, missing_eos_penalty=config.missing_eos_penalty,
                                           reward_clip=config.reward_clip or None)
 
@@ -628,14 +810,14 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         kl = per_token_kl(logprobs, ref_logprobs, config.kl_estimator) * mask
         rewards, non_score = per_token_rewards(scores, kl, mask, kl_coef=kl_coef)
         if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = whiten(rewards, mask, shift_mean=False)
 
         # 4. values & GAE (γ, λ)
         advantages, returns = compute_gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
 
         # 5. whitening of the advantages over real tokens
         if config.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = whiten(advantages, mask)
 
         # 6–7. PPO epochs over reshuffled mini-batches (micro-batches, gradient accumulation), optimizer steps
         optimise_started = time.perf_counter()
@@ -653,6 +835,7 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         kl_ctl.update(mean_kl_k1, n_steps=config.rollout_batch_size * world)
         state.iteration += 1
         state.episodes += config.rollout_batch_size * world
+        stopped_early = bool(config.kl_stop) and mean_kl_k1 > config.kl_stop
 
         # 9. metrics (averaged over processes)
         generated_tokens = float(mask.sum())
@@ -681,11 +864,17 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         if demo:
             local["oracle_score"] = _mean([demo_task.oracle_score(p, r)
                                            for p, r in zip(prompt_texts, batch.response_texts)])
+        if batch.member_spread is not None:
+            local["rm_member_spread"] = float(batch.member_spread.mean())
         names = sorted(local)
         reduced = accelerator.reduce(torch.tensor([local[n] for n in names], dtype=torch.float64,
                                                   device=accelerator.device), reduction="mean")
         metrics = dict(zip(names, (float(v) for v in reduced)))
         metrics["episodes"] = float(state.episodes)
+        # 9b. selection: every select_every iterations, at the last one and at an early stop
+        if selecting and (state.iteration % config.select_every == 0 or state.iteration == config.num_iterations
+                          or stopped_early):
+            metrics.update(select(state.iteration))
         metrics["iteration_s"] = time.perf_counter() - started
         state.elapsed += metrics["iteration_s"]
         report.on_metrics(state.iteration, metrics)
@@ -705,6 +894,25 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
         if config.checkpoint_every and state.iteration % config.checkpoint_every == 0:
             result.checkpoint = save_checkpoint()
 
+        # 11b. early stop on KL (the policy has moved further from the start than the controller allows)
+        if stopped_early:
+            report.on_log(f"stopping early at iteration {state.iteration}: KL {mean_kl_k1:.3f} > "
+                          f"{config.kl_stop_factor:g} × kl_target = {config.kl_stop:.3f}")
+            break
+
+    # 12a. the final policy is the best one by the held-out selection signal (the last one without selection)
+    selection: dict[str, Any] = {"signal": select_signal if selecting else "last", "last_iteration": state.iteration,
+                                 "stopped_early": stopped_early}
+    if selecting and best.iteration is not None:
+        if best.iteration != state.iteration:
+            best.restore(unwrapped_actor)
+        selection.update(best_iteration=best.iteration, best_score=best.score, history=best.history)
+        report.on_log(f"final policy: iteration {best.iteration} of {state.iteration} ({select_signal} "
+                      f"{best.score:.4g} on {len(select_records)} selection prompts × {config.select_samples})")
+    else:
+        selection["best_iteration"] = state.iteration
+    evaluation["selection"] = selection
+
     # 12. the final policy (Hugging Face format + tokenizer) and value model
     policy_dir = output_dir / "policy"
     value_dir = output_dir / "value_model"
@@ -721,12 +929,15 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     # 13. evaluation after training: the same prompts and seed as before; win rate against the start
     if config.evaluate and eval_records:
         summary, after_rows = ppo_eval.evaluate_policy(runtime, unwrapped_actor, unwrapped_critic, eval_records,
-                                                       which="after", demo=demo, seed=eval_seed)
+                                                       which="after", demo=demo, seed=eval_seed,
+                                                       samples=config.eval_samples)
         evaluation = ppo_eval.after_report(summary, after_rows, evaluation, before_rows)
         if main:
             ppo_eval.save_report(output_dir, evaluation, after_rows, before_rows)
             report.on_evaluation(evaluation)
             report.on_log(f"evaluation after: {ppo_eval.format_summary(summary)}")
+            for name, gain in evaluation.get("delta_ci", {}).items():
+                report.on_log(f"gain of {name} after − before: {ppo_eval.format_gain(gain)}")
     if main and lora_actor:  # merge last: the evaluation above still needed the adapter-disabled reference
         save_policy(unwrapped_actor, models.tokenizer, policy_dir)
 

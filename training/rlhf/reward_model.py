@@ -233,6 +233,11 @@ def load_backbone(
         raise OSError(f"could not load a model from {name_or_path!r}: {exc}") from exc
     if hasattr(backbone.config, "use_cache"):
         backbone.config.use_cache = False
+    if isinstance(getattr(backbone, "pooler", None), nn.Module):
+        # An encoder's pooler (BERT's tanh layer over [CLS]) is never read — the head reads the last real
+        # token's hidden state — and weights without a gradient break DDP ("Expected to have finished
+        # reduction in the prior iteration"). BertModel and its kin skip a pooler that is None.
+        backbone.pooler = None
     return backbone
 
 
@@ -451,8 +456,10 @@ class RewardModel(nn.Module):
     ) -> torch.Tensor:
         """input_ids, attention_mask: (B, T) → rewards (B,), float32; raw head output when `calibrated=False`."""
         hidden = self.last_hidden(input_ids, attention_mask)
-        raw = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1)
-        return self.calibration.apply(raw) if calibrated else raw
+        # The head and the calibration in float32 even under bf16 autocast (the backbone may run in bf16).
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            raw = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1)
+            return self.calibration.apply(raw) if calibrated else raw
 
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], *, max_length: int | None = None

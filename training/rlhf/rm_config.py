@@ -70,6 +70,8 @@ class RewardModelConfig:
     bf16: str = option("auto", "bfloat16 mixed precision: auto (on GPUs that support it), true, or false.",
                        choices=BF16_CHOICES)
     trust_remote_code: bool = option(False, "Allow model code from the checkpoint's repository (hub models only).")
+    cpu: bool = option(False, "Run on the CPU even when a GPU is available (a host without one always does; "
+                              "under torchrun the processes then form one gloo group).")
     # --- progress, checkpoints, evaluation ---
     eval_every: int = option(0, "Evaluate on the held-out split every N optimizer steps (0: only at the end).")
     checkpoint_every: int = option(200, "Write a resumable checkpoint every N optimizer steps (0: none, except "
@@ -109,7 +111,7 @@ class RewardModelConfig:
         check_number(self, "lora_dropout", 0.0, 1.0)
         check_choice(self, "padding_side", PADDING_SIDES)
         normalise_bf16(self)
-        check_booleans(self, "lora", "gradient_checkpointing", "trust_remote_code", "calibration_gain")
+        check_booleans(self, "lora", "gradient_checkpointing", "trust_remote_code", "calibration_gain", "cpu")
         normalise_lora_target_modules(self)
         if not self.calibration_set.strip():
             raise ConfigError("calibration_set", f"is required: {', '.join(CALIBRATION_SETS)} or a file path")

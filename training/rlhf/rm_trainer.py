@@ -39,7 +39,13 @@ from training.rlhf.data import (
     split_by_prompt,
     unique_responses,
 )
-from training.rlhf.optim import build_adamw, seed_everything, warmup_cosine_scheduler, warmup_steps_for
+from training.rlhf.optim import (
+    build_adamw,
+    seed_everything,
+    use_cpu,
+    warmup_cosine_scheduler,
+    warmup_steps_for,
+)
 from training.rlhf.reporter import NullReporter, Reporter
 from training.rlhf.reward_model import LoraSettings, RewardModel, encode_pairs, pad_sequences
 from training.rlhf.rm_config import RewardModelConfig
@@ -239,7 +245,7 @@ class _Run:
         from accelerate import Accelerator
 
         self.config = config
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.bf16))
+        self.accelerator = Accelerator(cpu=use_cpu(config.cpu), mixed_precision=_mixed_precision(config.bf16))
         self.is_main = self.accelerator.is_main_process
         self.reporter: Reporter = reporter if self.is_main else NullReporter()
         self.output_dir = Path(config.output_dir)

@@ -18,8 +18,8 @@ blog "The N Implementation Details of RLHF with PPO", 2023):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,19 @@ def generate_responses(
 # --- forward passes ----------------------------------------------------------------------------------------
 
 
+@contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    """The models in eval mode (no dropout, LoRA's included) for the block; their previous modes restored."""
+    modes = [model.training for model in models]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+
+
 def causal_lm_logits(model: Any, sequences: Sequences) -> torch.Tensor:
     """Logits predicting each response token: (B, L, V) sliced to (B, R, V) = columns P − 1 … L − 2."""
     output = model(
@@ -267,25 +280,49 @@ class RunningMoments:
         self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), int(state["count"])
 
 
-def normalise_scores(scores: torch.Tensor, mode: str, moments: RunningMoments | None = None) -> torch.Tensor:
+def normalise_scores(scores: torch.Tensor, mode: str, moments: RunningMoments | None = None, *,
+                     population: torch.Tensor | None = None) -> torch.Tensor:
     """Score normalisation (N details, "reward normalisation"): (B,) → (B,).
 
     none: as is (the RM's calibration already centres scores on reference samples);
     batch: (s − mean) / std over this rollout;
     running: (s − μ) / σ with μ, σ over every rollout so far (this one included; `moments` is updated).
+    `population` (N ≥ B,): the scores the statistics come from when they are not `scores` alone — every
+    process's rollout under data parallelism, so that all ranks normalise alike (default: `scores`).
     """
     if mode == "none":
         return scores
+    population = scores if population is None else population
     if mode == "batch":
-        if scores.numel() < 2:
-            return scores - scores.mean()
-        return (scores - scores.mean()) / (scores.std(unbiased=True) + 1e-8)
+        if population.numel() < 2:
+            return scores - population.mean()
+        return (scores - population.mean()) / (population.std(unbiased=True) + 1e-8)
     if mode == "running":
         if moments is None:
             raise ValueError("running score normalisation needs a RunningMoments")
-        moments.update(scores)
+        moments.update(population)
         return (scores - moments.mean) / (moments.std + 1e-8)
     raise ValueError(f"score normalisation must be one of {SCORE_NORMS}, got {mode!r}")
+
+
+def whiten_across(values: torch.Tensor, mask: torch.Tensor, *, reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+                  shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """`advantages.masked_whiten` with μ and σ² over the real tokens of every process: (B, T), (B, T) → (B, T).
+
+    `reduce_sum` sums a tensor over the processes (all-reduce). μ = Σx·m / Σm, σ² = Σ(x − μ)²·m / (Σm − 1)
+    over all ranks, so data-parallel whitening equals whitening the concatenated rollout (OpenRLHF and
+    DeepSpeed-Chat all-reduce these moments the same way); on one process it is masked_whiten's formula.
+    """
+    m = mask.to(values.dtype)
+    totals = reduce_sum(torch.stack([(values * m).sum(), m.sum()]))
+    count = totals[1]
+    mean = totals[0] / count.clamp(min=1.0)
+    squared = reduce_sum(((values - mean) ** 2 * m).sum())
+    var = squared / (count - 1) if count >= 2 else torch.zeros((), dtype=values.dtype, device=values.device)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * m
 
 
 def penalise_and_clip_scores(

@@ -440,3 +440,33 @@ def generate_samples(
         )
     continuations = output[:, batch["input_ids"].shape[1] :]
     return tokenizer.batch_decode(continuations, skip_special_tokens=True)
+
+
+# --- a tiny chat model: the same weights, a tokenizer that carries a chat template --------------------------
+
+# A template of its own (plain-text role markers, no new tokens, so the pre-trained weights fit unchanged): the
+# assistant's turn ends with EOS, as the workbench's text format expects (docs/architecture.md).
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}### System: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}### User: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}### Assistant:{{ message['content'] }}{{ eos_token }}\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:{% endif %}"
+)
+
+
+def add_chat_template(model_dir: str | Path, out_dir: str | Path, *, template: str = TINY_CHAT_TEMPLATE) -> Path:
+    """Copy the model in `model_dir` to `out_dir` with `template` as its tokenizer's chat template (the tests'
+    and the demo's chat model: every stage must then apply it). Returns `out_dir`."""
+    from transformers import AutoTokenizer
+
+    source, out = Path(model_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and not path.name.startswith("tokenizer") and path.name != "special_tokens_map.json":
+            shutil.copy2(path, out / path.name)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(out)
+    return out

@@ -42,9 +42,10 @@ def reward_model_source(value: str) -> dict[str, Any]:
             raise CommandError(f"Reward-model run {run.pk} has not succeeded ({run.status}).")
         return {"reward_model_run": run}
     path = Path(value).expanduser()
-    if not (path / "reward_model.json").exists():
+    if not (path / "reward_model.json").exists() and not (path / "ensemble.json").exists():
         raise CommandError(f"Not a reward model directory (no reward_model.json): {value}. Give a directory "
-                           "written by train_rm or the id of a reward-model run.")
+                           "written by train_rm, an ensemble directory (ensemble.json) or the id of a "
+                           "reward-model run.")
     return {"reward_model": str(path.resolve())}
 
 
