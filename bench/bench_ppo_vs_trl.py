@@ -194,6 +194,8 @@ def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str
         cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, lr=args.lr, critic_lr=args.lr,
         warmup_ratio=0.0, min_lr_ratio=1.0, weight_decay=0.0, max_grad_norm=args.max_grad_norm, evaluate=False,
         eval_fraction=0.0, checkpoint_every=0, sample_every=0, cpu=True, bf16="false",
+        # TRL has neither: no selection rollouts, no KL stop, so both trainers compute the same thing
+        select_every=0, kl_stop_factor=0.0,
     )
     # Time the generate call itself, as the TRL runner does (the trainer's own rollout_s also covers decoding
     # and reward-model scoring).

@@ -38,6 +38,22 @@ def _fresh_throttles():
     cache.clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one AcceleratorState per process, and its mixed precision cannot change once set: a
+    trainer run in bf16 after one in fp32 in the same process fails ("AcceleratorState has already been
+    initialized"). A real run has a process of its own (the CLI, the worker's subprocess, torchrun); here each
+    test gets that fresh state."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 
