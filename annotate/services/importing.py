@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 
 from annotate.models import (
@@ -68,6 +69,10 @@ MAX_REPORTED_ERRORS = 50
 # Records per write transaction: each batch is a short transaction of its own (annotators' writes queue behind
 # at most one batch; on SQLite there is one writer at a time).
 BATCH_SIZE = 100
+# SQLite's busy handler retries a waiting writer only every 50-100 ms once it has waited a while, so an import
+# that starts its next batch the moment the last one commits can starve an annotator's save for seconds (3 s
+# seen under load). A short pause after each batch (outside any transaction) lets the waiting writers in.
+SQLITE_PAUSE_AFTER_BATCH_S = 0.02
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 UPLOAD_FORMATS = (".jsonl", ".ndjson", ".csv", ".parquet")
 KNOWN_FIELDS = {
@@ -773,6 +778,8 @@ class _Writer:
     def flush(self) -> None:
         with transaction.atomic():
             self._flush()
+        if connection.vendor == "sqlite" and not connection.in_atomic_block:
+            time.sleep(SQLITE_PAUSE_AFTER_BATCH_S)
 
     def _flush(self) -> None:
         if self.summary.rejected or not self.pending:
