@@ -123,3 +123,28 @@ def test_the_next_prompt_is_found_through_the_queue_index_without_sorting(make_p
         plan = " | ".join(str(row[-1]) for row in cursor.fetchall())
     assert "prompt_queue_order" in plan, plan
     assert "TEMP B-TREE" not in plan, plan  # walked in index order, not sorted
+
+
+def test_project_totals_are_exact_in_a_small_project_and_kept_briefly_in_a_large_one(make_project, alice,
+                                                                                       monkeypatch):
+    from django.core.cache import cache
+    from django.test.utils import CaptureQueriesContext
+
+    from annotate import selectors
+
+    project = make_project(prompts=3, members=[alice])
+    task = lease_next_task(annotator=alice, project=project)
+    assert selectors.project_progress(project=project, user=alice).rankings_done == 0
+    submit_ranking(annotator=alice, assignment_id=task.pk, tiers=[[r] for r in task.display_order])
+    assert selectors.project_progress(project=project, user=alice).rankings_done == 1  # small: exact at once
+
+    cache.clear()
+    monkeypatch.setattr(selectors, "TOTALS_EXACT_BELOW", 3)  # this project now counts as large
+    assert selectors.project_totals(project=project) == {"prompts": 3, "done": 1}
+    task = lease_next_task(annotator=alice, project=project)
+    submit_ranking(annotator=alice, assignment_id=task.pk, tiers=[[r] for r in task.display_order])
+    with CaptureQueriesContext(connection) as queries:
+        assert selectors.project_totals(project=project) == {"prompts": 3, "done": 1}  # kept: no pass over prompts
+    assert not queries.captured_queries
+    cache.clear()  # as when TOTALS_TTL_S runs out
+    assert selectors.project_totals(project=project) == {"prompts": 3, "done": 2}
