@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from training.rlhf.calibration import Calibration, calibration_report, fit_calibration
+from training.rlhf.chat_format import PLAIN, PromptFormat, PromptFormatError
 from training.rlhf.configs import ConfigError, config_to_dict, save_config
 from training.rlhf.data import (
     DatasetError,
@@ -85,11 +86,13 @@ class EncodedRanking:
     ranks: list[int]
 
 
-def encode_rankings(tokenizer: Any, records: Sequence[RankingRecord], *, max_length: int) -> list[EncodedRanking]:
-    """Tokenise every response of every record as `prompt + response + [eos]` (docs/architecture.md)."""
+def encode_rankings(tokenizer: Any, records: Sequence[RankingRecord], *, max_length: int,
+                    prompt_format: PromptFormat = PLAIN) -> list[EncodedRanking]:
+    """Tokenise every response of every record as `prompt + response + [eos]`, the prompt in `prompt_format`
+    (docs/architecture.md, "Model text format")."""
     prompts = [r.prompt for r in records for _ in r.responses]
     responses = [text for r in records for text in r.responses]
-    flat = encode_pairs(tokenizer, prompts, responses, max_length=max_length)
+    flat = encode_pairs(tokenizer, prompts, responses, max_length=max_length, prompt_format=prompt_format)
     out, offset = [], 0
     for record in records:
         out.append(EncodedRanking(sequences=flat[offset:offset + record.k], ranks=record.ranks))
@@ -315,9 +318,9 @@ def _score_sequences(run: _Run, model: torch.nn.Module, sequences: Sequence[list
 
 def _evaluate(run: _Run, model: torch.nn.Module, records: Sequence[RankingRecord]) -> dict[str, Any]:
     pairs, layout = unique_sequences(records)
-    tokenizer = run.accelerator.unwrap_model(model).tokenizer
-    sequences = encode_pairs(tokenizer, [p for p, _ in pairs], [r for _, r in pairs],
-                             max_length=run.max_length)
+    unwrapped = run.accelerator.unwrap_model(model)
+    sequences = encode_pairs(unwrapped.tokenizer, [p for p, _ in pairs], [r for _, r in pairs],
+                             max_length=run.max_length, prompt_format=unwrapped.prompt_format)
     scores = _score_sequences(run, model, sequences)
     return evaluation_report(records, [[scores[i] for i in row] for row in layout])
 
@@ -421,21 +424,26 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
     # 3. Model: pretrained backbone (+ LoRA), new scalar head, PAD ≠ EOS, dropout off.
     lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                         target_modules=list(config.lora_target_modules)) if config.lora else None
-    model = RewardModel.from_backbone(
-        config.model, tokenizer_name_or_path=config.tokenizer or None, lora=lora,
-        gradient_checkpointing=config.gradient_checkpointing, max_length=config.max_length,
-        trust_remote_code=config.trust_remote_code,
-    )
+    try:
+        model = RewardModel.from_backbone(
+            config.model, tokenizer_name_or_path=config.tokenizer or None, lora=lora,
+            gradient_checkpointing=config.gradient_checkpointing, max_length=config.max_length,
+            trust_remote_code=config.trust_remote_code, prompt_format=config.format,
+        )
+    except PromptFormatError as exc:  # chat, but the tokenizer has no chat template
+        raise ConfigError("prompt_format", str(exc)) from None
     run.max_length = model.max_length
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
     run.log(f"model: {config.model} ({type(model.backbone).__name__}, d={model.hidden_size}, "
             f"{trainable:,} of {total_params:,} parameters trainable{', LoRA' if config.lora else ''}); "
-            f"max length {model.max_length}; mixed precision {accelerator.mixed_precision}")
+            f"max length {model.max_length}; mixed precision {accelerator.mixed_precision}; prompts as "
+            f"{config.format.describe()}")
     seed_everything(config.seed, rank=accelerator.process_index)
 
     # 4. Tokenise: prompt_ids + response_ids + [eos] for every response; rankings without a preference go.
-    encoded = encode_rankings(model.tokenizer, train_records, max_length=model.max_length)
+    encoded = encode_rankings(model.tokenizer, train_records, max_length=model.max_length,
+                              prompt_format=model.prompt_format)
     kept = [item for item, record in zip(encoded, train_records) if record.ordered_pairs()]
     if not kept:
         raise DatasetError(f"{config.dataset}: no training ranking orders any pair (every response tied)")
@@ -540,7 +548,8 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
     if config.use_calibration:
         prompts, responses = [p for p, _ in calibration_texts], [r for _, r in calibration_texts]
         raw = _score_sequences(run, model, encode_pairs(unwrapped.tokenizer, prompts, responses,
-                                                        max_length=unwrapped.max_length))
+                                                        max_length=unwrapped.max_length,
+                                                        prompt_format=unwrapped.prompt_format))
         fitted = fit_calibration(raw, gain=config.calibration_gain)
         unwrapped.calibration = fitted
         calibration = {"set": config.calibration_set, **calibration_report(raw, fitted)}
