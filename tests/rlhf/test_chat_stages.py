@@ -186,3 +186,27 @@ def test_ppo_chat_format_needs_the_policys_template(random_lm_dir, chat_rm, prom
         ppo_trainer.train_ppo(ppo_config(random_lm_dir, chat_rm["dir"], prompt_file, tmp_path / "ppo",
                                          critic_init="policy"))  # (the RM reads other token ids)
     assert caught.value.field == "prompt_format" and "no chat template" in str(caught.value)
+
+
+def test_rm_training_warns_when_the_snapshot_was_exported_in_another_format(tiny_chat_model_dir, chat_rm,
+                                                                            tmp_path):
+    import shutil
+
+    from training.rlhf.rm_trainer import snapshot_prompt_format
+
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(chat_rm["dataset"], snapshot / "kwise")
+    assert snapshot_prompt_format(snapshot) is None  # no manifest: a user's own data
+    (snapshot / "manifest.json").write_text(json.dumps({"prompt_format": {"kind": "plain", "system_prompt": ""}}))
+    assert snapshot_prompt_format(snapshot) == PLAIN
+    reporter = RecordingReporter()
+    train_reward_model(rm_config(tiny_chat_model_dir, snapshot, tmp_path / "rm", max_steps=1,
+                                 calibration_set="none"), reporter=reporter)
+    warning = [line for line in reporter.logs if line.startswith("warning: the snapshot")]
+    assert warning and "plain text" in warning[0] and "the chat template" in warning[0]
+
+    (snapshot / "manifest.json").write_text(json.dumps({"prompt_format": CHAT.as_dict()}))
+    reporter = RecordingReporter()
+    train_reward_model(rm_config(tiny_chat_model_dir, snapshot, tmp_path / "rm2", max_steps=1,
+                                 calibration_set="none"), reporter=reporter)
+    assert not [line for line in reporter.logs if line.startswith("warning: the snapshot")]

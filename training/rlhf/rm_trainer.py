@@ -37,6 +37,7 @@ from training.rlhf.data import (
     dataset_fingerprint,
     load_calibration_texts,
     load_ranking_records,
+    read_manifest,
     split_by_prompt,
     unique_responses,
 )
@@ -219,6 +220,18 @@ def calibration_pairs(
     if len(pairs) > config.calibration_max_samples:
         pairs = random.Random(config.seed).sample(pairs, config.calibration_max_samples)
     return pairs
+
+
+def snapshot_prompt_format(dataset: str | Path) -> PromptFormat | None:
+    """The prompt format a snapshot's manifest records (the project's when it was exported), or None for data
+    without one (a user's own file, an older snapshot)."""
+    recorded = (read_manifest(dataset) or {}).get("prompt_format")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return PromptFormat.from_dict(recorded)
+    except PromptFormatError:
+        return None
 
 
 def find_last_checkpoint(output_dir: str | Path) -> Path | None:
@@ -420,6 +433,11 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
     snapshot_hash = dataset_fingerprint(config.dataset)
     run.log(f"data: {data_info['train_rankings']} training rankings, {data_info['eval_rankings']} held-out "
             f"({data_info['eval_source']}); snapshot {snapshot_hash[:12]}")
+    exported_format = snapshot_prompt_format(config.dataset)
+    if exported_format is not None and exported_format != config.format:
+        run.log(f"warning: the snapshot's project reads its prompts as {exported_format.describe()}, but this "
+                f"reward model reads them as {config.format.describe()} (prompt_format / system_prompt); PPO and "
+                "the RM check on that project will refuse it")
 
     # 3. Model: pretrained backbone (+ LoRA), new scalar head, PAD ≠ EOS, dropout off.
     lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,

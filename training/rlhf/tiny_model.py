@@ -3,6 +3,8 @@
 No network: the tokenizer is trained on the demo corpus (`demo_task.demo_corpus`) and the model is
 initialised from scratch and pre-trained on that corpus for a fixed number of steps, so its samples are
 varied, word-like reviews of mixed quality — the starting point (the "SFT model") of the demo RLHF loop.
+With `TinyModelSpec(chat=True)` (`make_tiny_model --chat true`) the tokenizer also carries a chat template of
+its own (`TINY_CHAT_TEMPLATE`), so every stage can be tested with prompt_format chat as with an instruct model.
 
 `build_tiny_model(out_dir)` is idempotent and safe to call from several processes: it skips all work when
 `out_dir` already holds a complete build of the same spec (same hash in `build.json`), builds in a temporary
