@@ -86,6 +86,17 @@ def test_chat_without_a_template_is_a_clear_error(plain_tokenizer):
         format_prompt(plain_tokenizer, "x", prompt_format=CHAT)
 
 
+def test_a_template_that_refuses_the_conversation_is_a_clear_error(chat_tokenizer):
+    import copy
+
+    strict = copy.deepcopy(chat_tokenizer)
+    strict.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                            "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert format_prompt(strict, "p", prompt_format=CHAT) == "p"
+    with pytest.raises(PromptFormatError, match="System role not supported.*try without a system prompt"):
+        format_prompt(strict, "p", prompt_format=CHAT_SYSTEM)
+
+
 def test_chat_messages_and_split_conversation():
     assert chat_messages("p") == [{"role": "user", "content": "p"}]
     assert chat_messages("p", system_prompt="s") == [{"role": "system", "content": "s"},

@@ -132,7 +132,13 @@ def format_messages(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, pr
     turns = [dict(m) for m in messages]
     if prompt_format.system_prompt and not any(m.get("role") == "system" for m in turns):
         turns.insert(0, {"role": "system", "content": prompt_format.system_prompt})
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja2's TemplateError, e.g. a template that allows no system turn
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise PromptFormatError(f"the chat template of {name} refused the conversation ({exc}); "
+                                + ("try without a system prompt" if prompt_format.system_prompt
+                                   else "check the roles it allows")) from exc
 
 
 def split_conversation(messages: Sequence[Mapping[str, str]]) -> tuple[list[dict[str, str]], str]:
