@@ -74,10 +74,7 @@ def _rm_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, e
             raise LaunchError(str(exc)) from exc
         written.append(Path(snapshot.path))
     if snapshot is not None:
-        config = {"dataset": snapshot.path}
-        if "prompt_format" not in options:  # a command left it out: the format the data was exported in
-            config.update(source_prompt_format(snapshot=snapshot))
-        return {"config": config, "snapshot": snapshot, "project": snapshot.project}
+        return {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
     return {"config": {}, "project": project}
 
 
@@ -98,18 +95,17 @@ def _ppo_inputs(*, options: dict[str, Any], reward_model_run=None, prompt_projec
     if prompt_project is not None and options.get("prompts"):
         raise LaunchError("Choose a project or a prompt file (not both).", field="prompt_project")
     if reward_model_run is not None:
-        if "prompt_format" not in options:  # a command left it out: the reward model's
-            config.update(source_prompt_format(reward_model_run=reward_model_run))
-        _check_rm_format(options={**options, **config}, reward_model_run=reward_model_run)
+        _check_rm_format(options=options, reward_model_run=reward_model_run)
     links = {"reward_model_run": reward_model_run,
              "project": prompt_project or project or getattr(reward_model_run, "project", None)}
     return {"config": config, "prompt_project": prompt_project, **links}
 
 
 def source_prompt_format(*, snapshot=None, project=None, reward_model_run=None) -> dict[str, str]:
-    """The prompt format a launch starts from when the user names none: a reward-model run's (PPO must use the
-    format its RM trained on), else the one a snapshot was exported with (older snapshots: their project's),
-    else the project's; {} when none is known (the dataclass default, plain, stays)."""
+    """The prompt format a launch form starts from: a reward-model run's (PPO must use the format its RM
+    trained on), else the one a snapshot was exported with (older snapshots: their project's), else the
+    project's; {} when none is known (the dataclass default, plain, stays). The commands take theirs from
+    the input files instead (`cli.default_prompt_format`)."""
     if reward_model_run is not None:
         config = reward_model_run.config or {}
         return {"prompt_format": config.get("prompt_format") or "plain", "system_prompt": config.get("system_prompt") or ""}

@@ -192,7 +192,7 @@ def test_rm_training_warns_when_the_snapshot_was_exported_in_another_format(tiny
                                                                             tmp_path):
     import shutil
 
-    from training.rlhf.rm_trainer import snapshot_prompt_format
+    from training.rlhf.data import snapshot_prompt_format
 
     snapshot = tmp_path / "snapshot"
     shutil.copytree(chat_rm["dataset"], snapshot / "kwise")

@@ -186,27 +186,59 @@ def test_a_ppo_launch_with_another_format_than_its_reward_model_is_refused(roots
     assert response.status_code == 400 and "prompt_format" in response.json()
 
 
-def test_a_launch_that_names_no_format_takes_its_sources(roots_in_tmp, world, chat_project):
-    """What `train_rm` / `train_ppo` without --prompt-format get: the snapshot's (or project's) format for the
-    RM, the reward-model run's for PPO; a named format is kept (and checked)."""
-    from training import launching
+def test_the_commands_take_the_format_their_input_files_record(roots_in_tmp, tiny_chat_model_dir, settings,
+                                                              tmp_path):
+    """What `train_rm` / `train_ppo` without --prompt-format get, on every process alike: the snapshot
+    manifest's format for the RM, the reward model's for PPO; a format or system prompt named is kept."""
+    from django.core.management import call_command
 
-    snapshot = world["snapshot"]
-    DatasetSnapshot.objects.filter(pk=snapshot.pk).update(project=chat_project, params={})
-    snapshot.refresh_from_db()
-    rm = launching.launch_run(kind="rm", options={"model": "m"}, snapshot=snapshot)
-    assert (rm.config["prompt_format"], rm.config["system_prompt"]) == ("chat", SYSTEM)
-    DatasetSnapshot.objects.filter(pk=snapshot.pk).update(params={"prompt_format": {"kind": "plain",
-                                                                                    "system_prompt": ""}})
-    snapshot.refresh_from_db()
-    assert launching.launch_run(kind="rm", options={"model": "m"}, snapshot=snapshot).config["prompt_format"] == "plain"
+    from training.cli import default_prompt_format
+    from training.rlhf.reward_model import RewardModel
+
+    snapshot = tmp_path / "snap"
+    (snapshot / "kwise").mkdir(parents=True)
+    rows = [json.dumps({"prompt_id": str(p), "prompt": f"Review place {p}:", "ranking": [[0], [1], [2], [3]],
+                        "responses": [f" It was {w} number {p}." for w in ("lovely", "fresh", "cold", "awful")]})
+            for p in range(12)]
+    (snapshot / "kwise" / "train.jsonl").write_text("\n".join(rows[:9]) + "\n")
+    (snapshot / "kwise" / "test.jsonl").write_text("\n".join(rows[9:]) + "\n")
+    (snapshot / "manifest.json").write_text(json.dumps({"format": "jsonl", "prompt_format": CHAT}))
+    values = {"dataset": str(snapshot)}
+    default_prompt_format(values, kind="rm")
+    assert (values["prompt_format"], values["system_prompt"]) == ("chat", SYSTEM)
+    named = {"dataset": str(snapshot), "system_prompt": "Mine."}
+    default_prompt_format(named, kind="rm")
+    assert "prompt_format" not in named  # the user's choice, validated by the config
+    rm_dir = tmp_path / "rm"
+    RewardModel.from_backbone(str(tiny_chat_model_dir), prompt_format=PromptFormat("chat", SYSTEM)).save_pretrained(rm_dir)
+    values = {}
+    default_prompt_format(values, kind="ppo", reward_model=str(rm_dir))
+    assert (values["prompt_format"], values["system_prompt"]) == ("chat", SYSTEM)
+    values = {}
+    default_prompt_format(values, kind="ppo", reward_model=str(tmp_path / "missing"))
+    assert values == {}
+
+    settings.WORKBENCH_RUNS_ROOT = tmp_path / "runs"
+    call_command("train_rm", dataset=str(snapshot), model=str(tiny_chat_model_dir), output_dir=str(tmp_path / "out"),
+                 max_steps=1, batch_size=4, calibration_set="none", checkpoint_every=0, no_progress=True)
+    run = TrainingRun.objects.get(kind="rm")
+    assert run.status == "succeeded", run.error
+    assert (run.config["prompt_format"], run.config["system_prompt"]) == ("chat", SYSTEM)
+    assert json.loads((tmp_path / "out" / "reward_model.json").read_text())["prompt_format"] == CHAT
+
+
+def test_a_launch_naming_another_format_than_its_rm_run_is_refused(roots_in_tmp, world):
+    from training import launching
 
     TrainingRun.objects.filter(pk=world["rm"].pk).update(config={"prompt_format": "chat", "system_prompt": SYSTEM})
     world["rm"].refresh_from_db()
-    ppo = launching.launch_run(kind="ppo", options={"policy": "p"}, reward_model_run=world["rm"],
-                               prompt_project=world["project"])
+    ppo = launching.launch_run(kind="ppo", options={"policy": "p", "prompt_format": "chat", "system_prompt": SYSTEM},
+                               reward_model_run=world["rm"], prompt_project=world["project"])
     assert (ppo.config["prompt_format"], ppo.config["system_prompt"]) == ("chat", SYSTEM)
     with pytest.raises(launching.LaunchError) as refused:
         launching.launch_run(kind="ppo", options={"policy": "p", "prompt_format": "chat", "system_prompt": "Other."},
                              reward_model_run=world["rm"], prompt_project=world["project"])
     assert refused.value.field == "prompt_format" and "'Other.'" in str(refused.value)
+    with pytest.raises(launching.LaunchError, match="plain text"):
+        launching.launch_run(kind="ppo", options={"policy": "p"}, reward_model_run=world["rm"],
+                             prompt_project=world["project"])

@@ -93,8 +93,8 @@ def format_of_config(config: Any) -> PromptFormat:
 
 
 def format_of_project(*, kind: str, system_prompt: str) -> PromptFormat:
-    """A project's format from its two columns: under plain the system prompt is unused (the project form keeps
-    it so switching back to chat restores it), so it is dropped rather than refused."""
+    """A project's format from its two columns: under plain the project's system prompt is unused (kept, so
+    switching back to chat restores it), so it is dropped rather than refused."""
     return PromptFormat(kind=kind, system_prompt=system_prompt if kind == "chat" else "")
 
 

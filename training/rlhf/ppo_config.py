@@ -81,7 +81,8 @@ class PPOConfig:
                                          "the model continues it) or 'chat' (the tokenizer's chat template, the "
                                          "prompt as the user turn); rollouts, evaluations and the reward "
                                          "model input all use it, and it must be the one the reward model "
-                                         "was trained with.", choices=PROMPT_FORMATS)
+                                         "was trained with. Left out, train_ppo and the dashboard take the "
+                                         "reward-model run's format.", choices=PROMPT_FORMATS)
     system_prompt: str = option("", "System message put first under the chat template (prompt_format chat only; "
                                     "empty: none).")
     max_prompt_length: int = option(64, "Prompts longer than this many tokens keep their last tokens.")

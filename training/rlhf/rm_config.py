@@ -38,7 +38,9 @@ class RewardModelConfig:
     prompt_format: str = option("plain", "How a prompt becomes the text the model reads: 'plain' (the text as-is, "
                                          "the model continues it) or 'chat' (the tokenizer's chat template, the "
                                          "prompt as the user turn); recorded with the reward model, which "
-                                         "refuses to score prompts in another format.", choices=PROMPT_FORMATS)
+                                         "refuses to score prompts in another format. Left out, train_rm and the "
+                                         "dashboard take the snapshot's (its project's) format.",
+                                choices=PROMPT_FORMATS)
     system_prompt: str = option("", "System message put first under the chat template (prompt_format chat only; "
                                     "empty: none).")
     train_split: str = option("train", "Split of the dataset to train on.")

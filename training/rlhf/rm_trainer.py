@@ -37,7 +37,7 @@ from training.rlhf.data import (
     dataset_fingerprint,
     load_calibration_texts,
     load_ranking_records,
-    read_manifest,
+    snapshot_prompt_format,
     split_by_prompt,
     unique_responses,
 )
@@ -220,18 +220,6 @@ def calibration_pairs(
     if len(pairs) > config.calibration_max_samples:
         pairs = random.Random(config.seed).sample(pairs, config.calibration_max_samples)
     return pairs
-
-
-def snapshot_prompt_format(dataset: str | Path) -> PromptFormat | None:
-    """The prompt format a snapshot's manifest records (the project's when it was exported), or None for data
-    without one (a user's own file, an older snapshot)."""
-    recorded = (read_manifest(dataset) or {}).get("prompt_format")
-    if not isinstance(recorded, dict):
-        return None
-    try:
-        return PromptFormat.from_dict(recorded)
-    except PromptFormatError:
-        return None
 
 
 def find_last_checkpoint(output_dir: str | Path) -> Path | None:
