@@ -210,3 +210,17 @@ def test_rm_training_warns_when_the_snapshot_was_exported_in_another_format(tiny
     train_reward_model(rm_config(tiny_chat_model_dir, snapshot, tmp_path / "rm2", max_steps=1,
                                  calibration_set="none"), reporter=reporter)
     assert not [line for line in reporter.logs if line.startswith("warning: the snapshot")]
+
+
+def test_a_resumed_rm_run_keeps_its_format(tiny_chat_model_dir, chat_rm, tmp_path):
+    from training.rlhf.rm_trainer import find_last_checkpoint
+
+    config = rm_config(tiny_chat_model_dir, chat_rm["dataset"], tmp_path / "rm", max_steps=3, calibration_set="none")
+    assert train_reward_model(config, reporter=RecordingReporter(stop_after=1)).stopped
+    state = json.loads((find_last_checkpoint(tmp_path / "rm") / "trainer_state.json").read_text())
+    assert state["prompt_format"] == CHAT.as_dict()
+    plain = rm_config(tiny_chat_model_dir, chat_rm["dataset"], tmp_path / "rm", max_steps=3, calibration_set="none",
+                      resume="last", prompt_format="plain", system_prompt="")
+    with pytest.raises(ConfigError) as caught:
+        train_reward_model(plain)
+    assert caught.value.field == "prompt_format" and "plain text" in str(caught.value)

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from training.rlhf.calibration import Calibration, calibration_report, fit_calibration
-from training.rlhf.chat_format import PLAIN, PromptFormat, PromptFormatError
+from training.rlhf.chat_format import PLAIN, PromptFormat, PromptFormatError, check_same_format
 from training.rlhf.configs import ConfigError, config_to_dict, save_config
 from training.rlhf.data import (
     DatasetError,
@@ -360,7 +360,7 @@ def _save_checkpoint(run: _Run, scheduler: Any, total_steps: int) -> Path:
         torch.save(scheduler.state_dict(), partial / SCHEDULER_FILE)
         state = {"step": run.step, "epoch": run.epoch, "batches_in_epoch": run.batches_in_epoch,
                  "total_steps": total_steps, "num_processes": accelerator.num_processes,
-                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                 "prompt_format": run.config.format.as_dict(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (partial / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -379,6 +379,12 @@ def _load_checkpoint(run: _Run, checkpoint: Path, scheduler: Any, total_steps: i
     if state.get("num_processes", 1) != run.accelerator.num_processes:
         raise ConfigError("resume", f"{checkpoint} was written by {state.get('num_processes')} process(es); this "
                                     f"run has {run.accelerator.num_processes}")
+    if "prompt_format" in state:  # a resumed run keeps reading prompts as it started (older checkpoints: unchecked)
+        try:
+            check_same_format(trained=PromptFormat.from_dict(state["prompt_format"]), requested=run.config.format,
+                              what=f"the checkpoint {checkpoint}")
+        except PromptFormatError as exc:
+            raise ConfigError("prompt_format", str(exc)) from None
     run.accelerator.load_state(str(checkpoint))
     scheduler.load_state_dict(torch.load(checkpoint / SCHEDULER_FILE, weights_only=True))
     run.step, run.epoch, run.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
