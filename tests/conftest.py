@@ -115,6 +115,23 @@ def tiny_model_dir() -> Path:
     return out
 
 
+# A small build of the same recipe with the tiny chat template on its tokenizer (`TinyModelSpec(chat=True)`):
+# a few seconds, deterministic, cached like the plain one. Every stage must apply its template.
+TINY_CHAT_SPEC = {"chat": True, "steps": 30, "corpus_size": 600, "n_layer": 2, "n_head": 2, "n_embd": 64,
+                  "vocab_size": 400, "batch_size": 16}
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir() -> Path:
+    """A tiny GPT-2 whose tokenizer carries a chat template of its own ("### User:" / "### Assistant:" turns,
+    the assistant's turn ending with EOS), built locally like an instruct model stand-in."""
+    from training.rlhf.tiny_model import TinyModelSpec, build_tiny_model
+
+    out = TEST_CACHE_DIR / "tiny-chat-model"
+    build_tiny_model(out, spec=TinyModelSpec(**TINY_CHAT_SPEC))
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     """Two cores here; keep torch from oversubscribing when the suite runs beside other work."""

@@ -164,7 +164,10 @@ def _launched(run: TrainingRun) -> Response:
 @api_view(["POST"])
 @permission_classes(STAFF)
 def launch_rm(request: Request) -> Response:
-    form = launch_forms.RMLaunchForm(data=launch_forms.api_form_data(launch_forms.RMLaunchForm(), request.data))
+    # options left out take the form's defaults, the prompt format that of the chosen snapshot or project
+    sources = {name: request.data.get(name) for name in ("snapshot", "project")}
+    defaults = launch_forms.RMLaunchForm(initial=sources)
+    form = launch_forms.RMLaunchForm(data=launch_forms.api_form_data(defaults, request.data))
     if not form.is_valid():
         return _form_errors(form)
     data = form.cleaned_data
@@ -187,7 +190,10 @@ def launch_rm(request: Request) -> Response:
 @api_view(["POST"])
 @permission_classes(STAFF)
 def launch_ppo(request: Request) -> Response:
-    form = launch_forms.PPOLaunchForm(data=launch_forms.api_form_data(launch_forms.PPOLaunchForm(), request.data))
+    # options left out take the form's defaults, the prompt format that of the chosen reward-model run
+    sources = {name: request.data.get(name) for name in ("reward_model_run", "prompt_project")}
+    defaults = launch_forms.PPOLaunchForm(initial=sources)
+    form = launch_forms.PPOLaunchForm(data=launch_forms.api_form_data(defaults, request.data))
     if not form.is_valid():
         return _form_errors(form)
     data = form.cleaned_data

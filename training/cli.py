@@ -30,6 +30,29 @@ def check_model_reference(model: str) -> None:
         raise CommandError(f"Model not found: {model} (neither a local directory nor a hub id like owner/name).")
 
 
+def default_prompt_format(values: dict[str, Any], *, kind: str, reward_model: str | None = None) -> None:
+    """A command given neither --prompt-format nor --system-prompt takes the format its input records, read from
+    files so every process of a multi-process run takes the same: train_rm the snapshot manifest's (the
+    project's, as export_rankings wrote it), train_ppo the reward model's (reward_model.json; an ensemble's
+    first member). Nothing recorded: the default, plain."""
+    if "prompt_format" in values or "system_prompt" in values:
+        return
+    if kind == "rm":
+        from training.rlhf.data import snapshot_prompt_format
+
+        recorded = snapshot_prompt_format(values["dataset"]) if values.get("dataset") else None
+    else:
+        from training.rlhf.reward_model import saved_prompt_format
+        from training.rlhf.rm_ensemble import resolve_reward_models
+
+        try:
+            recorded = saved_prompt_format(resolve_reward_models(reward_model)[0]) if reward_model else None
+        except (OSError, ValueError, IndexError):
+            recorded = None  # not a reward model directory: the pipeline and the trainer say so
+    if recorded is not None:
+        values["prompt_format"], values["system_prompt"] = recorded.kind, recorded.system_prompt
+
+
 def launch_error(exc: launching.LaunchError) -> CommandError:
     """A refused launch as the command reports it: the option's flag, then the reason."""
     if exc.field:

@@ -21,7 +21,7 @@ from django import forms
 
 from annotate.models import DatasetSnapshot, Project
 from training import roots, selectors
-from training.launching import LaunchError
+from training.launching import LaunchError, source_prompt_format
 from training.models import TrainingRun
 from training.rlhf.configs import describe_fields
 from training.rlhf.ppo_config import PPOConfig
@@ -134,6 +134,13 @@ class ConfigForm(forms.Form):
         """Values of the managed config options the form knows (paths chosen from the roots)."""
         return {}
 
+    def _initial_format(self, values: dict[str, str]) -> None:
+        """Start the prompt_format / system_prompt fields from the sources' format (an explicit initial value,
+        e.g. "launch again", still wins: the form's `initial` dict comes before the fields')."""
+        for name, value in values.items():
+            if name in self.fields:
+                self.fields[name].initial = value
+
     def config_values(self) -> dict[str, Any]:
         defaults = {d["name"]: d["default"] for d in describe_fields(self.config_class)}
         values = {}
@@ -231,6 +238,25 @@ def project_queryset():
     return Project.objects.order_by("name")
 
 
+def _pk(value: Any) -> int | None:
+    value = getattr(value, "pk", value)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def prompt_format_initial(*, snapshot: Any = None, project: Any = None, reward_model_run: Any = None
+                          ) -> dict[str, str]:
+    """The prompt format a launch form starts from, for sources given as ids or objects: a reward-model run's,
+    else a snapshot's, else a project's (`launching.source_prompt_format`); {} when none is found."""
+    run = TrainingRun.objects.filter(pk=run_id).first() if (run_id := _pk(reward_model_run)) is not None else None
+    found = (DatasetSnapshot.objects.select_related("project").filter(pk=snapshot_id).first()
+             if (snapshot_id := _pk(snapshot)) is not None else None)
+    chosen = Project.objects.filter(pk=project_id).first() if (project_id := _pk(project)) is not None else None
+    return source_prompt_format(snapshot=found, project=chosen, reward_model_run=run if run and run.config else None)
+
+
 # --- The launch forms --------------------------------------------------------------------------------------
 
 
@@ -246,6 +272,7 @@ class RMLaunchForm(ConfigForm):
     option_fields = {"model": "base_model", "dataset": "snapshot", "calibration_set": "calibration"}
     primary_fields = (
         "epochs", "max_steps", "learning_rate", "batch_size", "max_length", "lora", "checkpoint_every", "seed",
+        "prompt_format", "system_prompt",
     )
 
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
@@ -294,6 +321,8 @@ class RMLaunchForm(ConfigForm):
             *[(path, f"file: {label}") for path, label in data_choices() if not Path(path).is_dir()],
         ]
         self.fields["calibration"].initial = "heldout"
+        self._initial_format(prompt_format_initial(snapshot=self.initial.get("snapshot"),
+                                                   project=self.initial.get("project")))
 
     def export_options(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -326,6 +355,7 @@ class PPOLaunchForm(ConfigForm):
     primary_fields = (
         "iterations", "total_episodes", "rollout_batch_size", "mini_batch_size", "micro_batch_size", "ppo_epochs",
         "response_length", "init_kl_coef", "kl_target", "lr", "lora", "checkpoint_every", "sample_every", "seed",
+        "prompt_format", "system_prompt",
     )
 
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
@@ -371,6 +401,8 @@ class PPOLaunchForm(ConfigForm):
         self.fields["prompt_file"].choices = _data_file_choices(blank="— none —")
         self.fields["eval_prompt_file"].choices = _data_file_choices(blank="hold out a fraction of the prompts")
         self.fields["ptx_file"].choices = _data_file_choices(blank="— none —")
+        self._initial_format(prompt_format_initial(reward_model_run=self.initial.get("reward_model_run"),
+                                                   project=self.initial.get("prompt_project")))
 
     def managed_values(self) -> dict[str, Any]:
         data = self.cleaned_data

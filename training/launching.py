@@ -94,9 +94,50 @@ def _ppo_inputs(*, options: dict[str, Any], reward_model_run=None, prompt_projec
         reward_model_run = find_reward_model_run(options["reward_model"])  # link the run that wrote it
     if prompt_project is not None and options.get("prompts"):
         raise LaunchError("Choose a project or a prompt file (not both).", field="prompt_project")
+    if reward_model_run is not None:
+        _check_rm_format(options=options, reward_model_run=reward_model_run)
     links = {"reward_model_run": reward_model_run,
              "project": prompt_project or project or getattr(reward_model_run, "project", None)}
     return {"config": config, "prompt_project": prompt_project, **links}
+
+
+def source_prompt_format(*, snapshot=None, project=None, reward_model_run=None) -> dict[str, str]:
+    """The prompt format a launch form starts from: a reward-model run's (PPO must use the format its RM
+    trained on), else the one a snapshot was exported with (older snapshots: their project's), else the
+    project's; {} when none is known (the dataclass default, plain, stays). The commands take theirs from
+    the input files instead (`cli.default_prompt_format`)."""
+    if reward_model_run is not None:
+        config = reward_model_run.config or {}
+        return {"prompt_format": config.get("prompt_format") or "plain", "system_prompt": config.get("system_prompt") or ""}
+    if snapshot is not None:
+        recorded = (snapshot.params or {}).get("prompt_format")
+        if isinstance(recorded, dict):
+            kind = recorded.get("kind", recorded.get("format")) or "plain"
+            return {"prompt_format": kind, "system_prompt": (recorded.get("system_prompt") or "") if kind == "chat" else ""}
+        project = snapshot.project
+    if project is not None:
+        chat = project.prompt_format == "chat"
+        return {"prompt_format": project.prompt_format, "system_prompt": project.system_prompt if chat else ""}
+    return {}
+
+
+def _check_rm_format(*, options: dict[str, Any], reward_model_run: TrainingRun) -> None:
+    """PPO reads prompts in one format, which must be the one its reward model trained on (the trainer checks
+    the saved model again): refused here, on the prompt_format field, before anything is queued."""
+    from training.rlhf.chat_format import PromptFormat, PromptFormatError, check_same_format
+
+    try:
+        requested = PromptFormat(kind=options.get("prompt_format") or "plain",
+                                 system_prompt=options.get("system_prompt") or "")
+    except PromptFormatError:
+        return  # an invalid value: build_config names the field
+    rm_config = reward_model_run.config or {}
+    trained = PromptFormat.from_dict({"kind": rm_config.get("prompt_format") or "plain",
+                                      "system_prompt": rm_config.get("system_prompt") or ""})
+    try:
+        check_same_format(trained=trained, requested=requested, what=f"the reward model of {reward_model_run}")
+    except PromptFormatError as exc:
+        raise LaunchError(str(exc), field="prompt_format") from exc
 
 
 INPUTS = {"rm": _rm_inputs, "ppo": _ppo_inputs}

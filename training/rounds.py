@@ -7,6 +7,9 @@
   together in a random order, and the display order is shuffled per annotator by the queue);
 - `rm_accuracy_on_new_rankings`: a reward model's pairwise accuracy on the rankings it did not train on
   (created after the data snapshot it was trained from).
+
+Both read prompts in the project's prompt format (`Project.prompt_format`, `system_prompt`): the sampling
+service applies it, and a policy or reward model trained on another format is refused with both named.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from django.utils import timezone
 from annotate.models import Project
 from annotate.services.rounds import copy_prompts_to_round, latest_round, next_round
 from training.models import TrainingRun
+from training.rlhf.chat_format import PromptFormat, check_same_format, format_of_project
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "seed")
 
@@ -45,6 +49,10 @@ def sample_new_round(
     from annotate.services.sampling import PolicyShare, sample_mixed_responses, sample_project_responses
 
     sampling = {key: value for key, value in (sampling or {}).items() if key in SAMPLING_KEYS and value is not None}
+    if training_run is not None and training_run.config:  # the policy answers prompts in the format it trained on
+        check_same_format(trained=PromptFormat.from_dict({"kind": training_run.config.get("prompt_format"),
+                                                          "system_prompt": training_run.config.get("system_prompt")}),
+                          requested=project_format(project), what=f"the policy of {training_run}")
     k = project.k_min if k is None else k
     if not 0 <= baseline_k < k:
         raise ValueError(f"baseline_k must be between 0 and k − 1 ({k - 1}), got {baseline_k}")
@@ -78,6 +86,11 @@ def sample_new_round(
     return result
 
 
+def project_format(project: Project) -> PromptFormat:
+    """The prompt format of a project (its two columns; a plain project's leftover system prompt is unused)."""
+    return format_of_project(kind=project.prompt_format, system_prompt=project.system_prompt)
+
+
 # --- Reward model on rankings it has not seen -------------------------------------------------------------
 
 
@@ -103,7 +116,7 @@ def rm_accuracy_on_new_rankings(*, project: Project, rm_run: TrainingRun, batch_
         if not exported.rankings:
             return result
         report = evaluate_rankings_file(reward_model=model_dir, dataset=exported.path, by=("round", "source"),
-                                        batch_size=batch_size)
+                                        batch_size=batch_size, prompt_format=project_format(project))
     result.update(rankings=report["rankings"], pairs=report["pairs"],
                   accuracy=report["accuracy"] if report["pairs"] else None,
                   by_round=_pairs_and_accuracy(report["per_round"]), by_source=_pairs_and_accuracy(report["per_source"]))

@@ -1,6 +1,7 @@
 """Export a project's rankings as a reward-model dataset snapshot (the contract in docs/architecture.md).
 
-    SNAPSHOT/manifest.json          counts, parameters, content hash, created_at, format
+    SNAPSHOT/manifest.json          counts, parameters, content hash, created_at, format, prompt_format
+                                    (the project's: kind plain | chat and system prompt, as a model reads it)
     SNAPSHOT/kwise/   SNAPSHOT/pairwise/
         "datasets": a DatasetDict saved with save_to_disk (splits train, test)
         "parquet":  train.parquet, test.parquet
@@ -410,6 +411,9 @@ def export_snapshot(
         )
     digest = content_hash(records)
     created_at = timezone.now()
+    # How the models trained on this snapshot read its prompts (the launch forms start from it).
+    chat = project.prompt_format == Project.PromptFormat.CHAT
+    prompt_format = {"kind": project.prompt_format, "system_prompt": project.system_prompt if chat else ""}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -424,6 +428,7 @@ def export_snapshot(
             "pairwise/train, pairwise/test (created_at and file format excluded)",
             "project": {"id": project.pk, "name": project.name},
             "params": params.as_dict(),
+            "prompt_format": prompt_format,
             "counts": records.counts,
             "columns": {"kwise": list(KWISE_COLUMNS), "pairwise": list(PAIRWISE_COLUMNS)},
             "files": files,
@@ -434,7 +439,7 @@ def export_snapshot(
                 project=project,
                 path=str(out),
                 format=params.format,
-                params=params.as_dict(),
+                params={**params.as_dict(), "prompt_format": prompt_format},
                 counts=records.counts,
                 content_hash=digest,
                 created_by=created_by if getattr(created_by, "pk", None) else None,

@@ -2,6 +2,8 @@
 
 `sample_project_responses` is behind the `sample_responses` command and the dashboard's "new round" (called
 with a PPO run's policy directory). Generation itself is `training.rlhf.sampling` (pure torch/transformers).
+Every prompt is given to the model under the project's prompt format (`Project.prompt_format`,
+`system_prompt`: the text as-is, or the model's chat template), as every later stage reads it.
 
 Resumable: only prompts short of K responses are sampled, and each prompt's new responses are written in
 one transaction, so an interrupted run loses at most the prompts in flight and a second run continues.
@@ -28,6 +30,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef
 
 from annotate.models import Assignment, Project, Prompt, Ranking, Response, text_hash
+from training.rlhf.chat_format import PromptFormatError, format_of_project
 from training.rlhf.sampling import (
     LoadedPolicy,
     SamplingParams,
@@ -193,6 +196,7 @@ def _sample(
     except ValueError as exc:
         raise SamplingError(str(exc)) from exc
 
+    prompt_format = format_of_project(kind=project.prompt_format, system_prompt=project.system_prompt)
     started = time.monotonic()
     summary = SamplingSummary(project=project.name, k=k, round=round)
     prompts = project.prompts.all()
@@ -239,9 +243,14 @@ def _sample(
         }
         if mixed:
             recorded_params["mixed_k"] = k
+        if prompt_format.is_chat:  # plain responses keep the parameters they always recorded
+            recorded_params["prompt_format"] = prompt_format.as_dict()
         del recorded_params["batch_size"]  # does not change what is sampled
-        sources.append(_Source(share=share, policy=policy, generate=policy_generator(policy, params),
-                               params=recorded_params))
+        try:
+            generate = policy_generator(policy, params, prompt_format=prompt_format)
+        except PromptFormatError as exc:
+            raise SamplingError(f"Project '{project.name}': {exc}") from exc
+        sources.append(_Source(share=share, policy=policy, generate=generate, params=recorded_params))
     summary.model = "+".join(s.policy.name for s in sources)
     summary.revision = "+".join(s.policy.revision for s in sources)
 

@@ -54,7 +54,7 @@ def fake_policies(monkeypatch):
         return LoadedPolicy(model=None, tokenizer=None, name=str(name), revision=f"sha256:{name}",
                             device=torch.device("cpu"), dtype=torch.float32)
 
-    def generator(policy, params):
+    def generator(policy, params, prompt_format=None):
         return lambda prompts, seed: [f"Response {uuid.uuid4().hex[:12]}." for _ in prompts]
 
     monkeypatch.setattr(sampling_service, "load_policy", load)

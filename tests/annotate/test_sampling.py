@@ -198,7 +198,7 @@ def test_service_resamples_duplicates_and_leaves_short_prompts_unwritten(project
         "a quiet morning": iter(["same"] * 50),
     }
 
-    def fake_generator(policy, params):
+    def fake_generator(policy, params, prompt_format=None):
         def generate(prompts, seed):
             return [rs.Generation(next(outputs[p]), 3, True) for p in prompts]
         return generate
@@ -220,7 +220,7 @@ def test_service_resamples_duplicates_and_leaves_short_prompts_unwritten(project
 
 @pytest.mark.django_db
 def test_service_tops_up_existing_and_skips_ranked_or_assigned(project, monkeypatch):
-    def fake_generator(policy, params):
+    def fake_generator(policy, params, prompt_format=None):
         return lambda prompts, seed: [uuid.uuid4().hex for _ in prompts]  # distinct random texts
 
     monkeypatch.setattr(sampling_service, "policy_generator", fake_generator)

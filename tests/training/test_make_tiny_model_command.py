@@ -75,3 +75,21 @@ def test_help_lists_the_spec_options():
     for option in ("OUT_DIR", "--seed", "--steps", "--n-layer", "--vocab-size", "--samples"):
         assert option in text
     assert "Pre-training optimiser steps" in text
+
+
+def test_the_chat_option_puts_the_tiny_template_on_the_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.rlhf.tiny_model import TINY_CHAT_TEMPLATE
+
+    target = tmp_path / "chat"
+    out = run(str(target), "--steps", "3", *MICRO, "--chat", "true", "--samples", "1")
+    assert "built in" in out and json.loads((target / "build.json").read_text())["spec"]["chat"] is True
+    assert AutoTokenizer.from_pretrained(target).chat_template == TINY_CHAT_TEMPLATE
+    assert "--chat" in io_help()
+
+
+def io_help() -> str:
+    from training.management.commands.make_tiny_model import Command
+
+    return Command().create_parser("manage.py", "make_tiny_model").format_help()

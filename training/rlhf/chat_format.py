@@ -14,7 +14,9 @@ format"): a chat template's end-of-turn token is the tokenizer's EOS for the ins
 (Qwen2.5's `<|im_end|>`, the tiny demo chat model's `<|endoftext|>`).
 
 A format is stored as a plain dict with every run and with every reward model (`PromptFormat.as_dict`);
-`check_same_format` refuses a mismatch with a message that names both.
+`check_same_format` refuses a mismatch with a message that names both. A config carries it as two fields,
+`prompt_format` and `system_prompt` (`format_of_config` turns them into a `PromptFormat` or a ConfigError); a
+project as the same two columns (`format_of_project`: a plain project's leftover system prompt is unused).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from training.rlhf.configs import ConfigError
 
 PROMPT_FORMATS = ("plain", "chat")
 SYSTEM_PROMPT_MAX_CHARS = 4000
@@ -59,10 +63,12 @@ class PromptFormat:
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any] | None) -> PromptFormat:
-        """From a stored dict; None or {} (a model saved before formats were recorded) is plain."""
+        """From a stored dict; None or {} (a model saved before formats were recorded) is plain. The kind is
+        read from "kind" (as `as_dict` writes it) or "format" (as the SFT snapshot manifest writes it)."""
         if not value:
             return cls()
-        return cls(kind=str(value.get("kind", "plain")), system_prompt=str(value.get("system_prompt", "") or ""))
+        kind = value.get("kind", value.get("format", "plain"))
+        return cls(kind=str(kind or "plain"), system_prompt=str(value.get("system_prompt", "") or ""))
 
     def describe(self) -> str:
         if not self.is_chat:
@@ -72,6 +78,24 @@ class PromptFormat:
 
 
 PLAIN = PromptFormat()
+
+
+def format_of_config(config: Any) -> PromptFormat:
+    """The format a trainer config declares in its `prompt_format` and `system_prompt` fields; a bad value is
+    a ConfigError naming the field (called from the configs' `__post_init__`)."""
+    kind, system_prompt = config.prompt_format, config.system_prompt
+    if kind not in PROMPT_FORMATS:
+        raise ConfigError("prompt_format", f"must be one of {', '.join(PROMPT_FORMATS)}, got {kind!r}")
+    try:
+        return PromptFormat(kind=kind, system_prompt=system_prompt)
+    except PromptFormatError as exc:
+        raise ConfigError("system_prompt", str(exc)) from None
+
+
+def format_of_project(*, kind: str, system_prompt: str) -> PromptFormat:
+    """A project's format from its two columns: under plain the project's system prompt is unused (kept, so
+    switching back to chat restores it), so it is dropped rather than refused."""
+    return PromptFormat(kind=kind, system_prompt=system_prompt if kind == "chat" else "")
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -108,7 +132,13 @@ def format_messages(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, pr
     turns = [dict(m) for m in messages]
     if prompt_format.system_prompt and not any(m.get("role") == "system" for m in turns):
         turns.insert(0, {"role": "system", "content": prompt_format.system_prompt})
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja2's TemplateError, e.g. a template that allows no system turn
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise PromptFormatError(f"the chat template of {name} refused the conversation ({exc}); "
+                                + ("try without a system prompt" if prompt_format.system_prompt
+                                   else "check the roles it allows")) from exc
 
 
 def split_conversation(messages: Sequence[Mapping[str, str]]) -> tuple[list[dict[str, str]], str]:
@@ -128,6 +158,11 @@ def add_special_tokens_for(prompt_format: PromptFormat) -> bool:
 
 def check_same_format(*, trained: PromptFormat, requested: PromptFormat, what: str) -> None:
     """Refuse to use a model (`what`: "the reward model at …") with a prompt format it was not trained on."""
-    if trained != requested:
-        raise PromptFormatError(f"{what} was trained on prompts in {trained.describe()}, but this run formats them "
-                                f"as {requested.describe()}; use the same prompt format (or retrain it)")
+    if trained == requested:
+        return
+    if trained.describe() == requested.describe():  # two long system prompts that differ after the shown part
+        detail = f"a different system prompt ({len(trained.system_prompt)} vs {len(requested.system_prompt)} characters)"
+        raise PromptFormatError(f"{what} was trained on prompts in the chat template with another system prompt "
+                                f"than this run's: {detail}; use the same prompt format (or retrain it)")
+    raise PromptFormatError(f"{what} was trained on prompts in {trained.describe()}, but this run formats them "
+                            f"as {requested.describe()}; use the same prompt format (or retrain it)")

@@ -505,6 +505,20 @@ def read_manifest(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def snapshot_prompt_format(path: str | Path):
+    """The prompt format (`chat_format.PromptFormat`) a snapshot's manifest records — its project's when it was
+    exported — or None for data without one (a user's own file, an older snapshot)."""
+    from training.rlhf.chat_format import PromptFormat, PromptFormatError
+
+    recorded = (read_manifest(path) or {}).get("prompt_format")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return PromptFormat.from_dict(recorded)
+    except PromptFormatError:
+        return None
+
+
 def dataset_fingerprint(path: str | Path) -> str:
     """The snapshot's content hash from its manifest; for a user's own data a sha256 of the files' bytes."""
     manifest = read_manifest(path)

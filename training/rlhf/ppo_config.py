@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from training.rlhf.chat_format import PROMPT_FORMATS, PromptFormat, format_of_config
 from training.rlhf.configs import (
     BF16_CHOICES,
     ConfigError,
@@ -76,6 +77,14 @@ class PPOConfig:
     task: str = option("auto", "Prompt task: 'demo' enables the demo oracle in evaluation and samples; 'auto' "
                                "detects it (metadata.task == 'demo' or every prompt from the demo set).",
                        choices=TASK_CHOICES)
+    prompt_format: str = option("plain", "How a prompt becomes the text the model reads: 'plain' (the text as-is, "
+                                         "the model continues it) or 'chat' (the tokenizer's chat template, the "
+                                         "prompt as the user turn); rollouts, evaluations and the reward "
+                                         "model input all use it, and it must be the one the reward model "
+                                         "was trained with. Left out, train_ppo and the dashboard take the "
+                                         "reward-model run's format.", choices=PROMPT_FORMATS)
+    system_prompt: str = option("", "System message put first under the chat template (prompt_format chat only; "
+                                    "empty: none).")
     max_prompt_length: int = option(64, "Prompts longer than this many tokens keep their last tokens.")
     trust_remote_code: bool = option(False, "Allow model code from a hub repository.")
     # --- schedule and batch sizes (per process) ---
@@ -188,7 +197,9 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         check_required(self, "policy", "reward_model", "prompts", "output_dir")
-        check_strings(self, "eval_prompts", "ptx_dataset", "resume", "stop_token", "selection_reward_model")
+        check_strings(self, "eval_prompts", "ptx_dataset", "resume", "stop_token", "selection_reward_model",
+                      "system_prompt")
+        format_of_config(self)
         if isinstance(self.reward_ensemble, str):
             self.reward_ensemble = [m for m in self.reward_ensemble.replace(",", " ").split() if m]
         if not isinstance(self.reward_ensemble, list) or not all(isinstance(m, str) and m.strip()
@@ -260,6 +271,11 @@ class PPOConfig:
         self.adaptive_kl = self.kl_target > 0
         self.kl_horizon_episodes = self.kl_horizon or max(1, self.episodes // KL_HORIZON_RUN_FRACTION_DEN)
         self.kl_stop = self.kl_stop_factor * self.kl_target if self.adaptive_kl and self.kl_stop_factor else 0.0
+
+    @property
+    def format(self) -> PromptFormat:
+        """The prompt format of `prompt_format` + `system_prompt` (validated in __post_init__)."""
+        return format_of_config(self)
 
     def derived(self) -> dict[str, Any]:
         """The sizes computed from the options (per process)."""

@@ -52,6 +52,7 @@ import torch
 
 from training.rlhf import demo_task, ppo_eval, rm_ensemble
 from training.rlhf.advantages import compute_gae, explained_variance, masked_mean, masked_whiten
+from training.rlhf.chat_format import PromptFormatError, format_prompt
 from training.rlhf.configs import ConfigError, config_to_dict, load_config, save_config
 from training.rlhf.kl import AdaptiveKLController, FixedKLController, kl_k1, make_kl_controller, per_token_kl
 from training.rlhf.optim import (
@@ -75,7 +76,7 @@ from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.ppo_loss import clipped_policy_loss, clipped_value_loss, language_model_loss
 from training.rlhf.prompts import PromptStream, is_demo_task, load_prompts, load_texts, split_prompts
 from training.rlhf.reporter import NullReporter, Reporter
-from training.rlhf.reward_model import RewardModel, pad_sequences
+from training.rlhf.reward_model import RewardModel, check_saved_format, pad_sequences
 from training.rlhf.rollout import (
     RunningMoments,
     Sequences,
@@ -102,7 +103,7 @@ RANK_STATE_FILE = "rank_state_{rank}.pt"  # per process: RNG, shuffle generator,
 RESUME_INVARIANTS = ("policy", "reward_model", "prompts", "rollout_batch_size", "mini_batch_size",
                      "micro_batch_size", "ppo_epochs", "lora", "critic_lora", "critic_init", "lora_r",
                      "lora_target_modules", "seed", "eval_prompts", "eval_fraction", "ptx_dataset",
-                     "reward_ensemble", "select_fraction", "select_max_prompts")
+                     "reward_ensemble", "select_fraction", "select_max_prompts", "prompt_format", "system_prompt")
 
 
 # --- results -------------------------------------------------------------------------------------------------
@@ -300,6 +301,17 @@ class RolloutBatch:
     member_spread: torch.Tensor | None = None  # (B,) std of an ensemble's member scores, None for one RM
 
 
+def check_reward_model_formats(config: PPOConfig, reward_models: Sequence[str]) -> None:
+    """Every reward model the run scores with (the primary, the ensemble, the selection model) was trained on
+    prompts in the run's format; a mismatch is a ConfigError on prompt_format that names both formats."""
+    paths = [*reward_models, *([config.selection_reward_model] if config.selection_reward_model else [])]
+    for path in paths:
+        try:
+            check_saved_format(path, config.format)
+        except PromptFormatError as exc:
+            raise ConfigError("prompt_format", str(exc)) from None
+
+
 def resolve_stop_ids(tokenizer, stop_token: str) -> list[int]:
     """Token ids that end a response: the EOS for "eos"; otherwise the given token (a vocabulary entry, or a
     string that encodes to exactly one token) and the EOS as well, so a model that emits EOS still stops."""
@@ -336,7 +348,9 @@ class PolicyRuntime:
     def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
         missing = [t for t in dict.fromkeys(texts) if t not in self._prompt_cache]
         if missing:
-            for text, ids in zip(missing, encode_prompts(self.models.tokenizer, missing)):
+            # the policy reads each prompt in the run's prompt format (chat_format.format_prompt)
+            for text, ids in zip(missing, encode_prompts(self.models.tokenizer, missing,
+                                                         prompt_format=self.config.format)):
                 self._prompt_cache[text] = ids[-self.config.max_prompt_length :]
         return [self._prompt_cache[t] for t in texts]
 
@@ -344,7 +358,7 @@ class PolicyRuntime:
         rm = rm or self.models.reward_model
         key = f"{id(rm)}/{text}"
         if key not in self._rm_prompt_cache:
-            self._rm_prompt_cache[key] = rm.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._rm_prompt_cache[key] = rm.tokenizer(rm.format_prompt(text), add_special_tokens=False)["input_ids"]
         return self._rm_prompt_cache[key]
 
     def decode(self, response_ids: torch.Tensor, response_mask: torch.Tensor, has_stop: torch.Tensor) -> list[str]:
@@ -639,9 +653,11 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
                   f"{config.rollout_batch_size} rollouts × {accelerator.num_processes} process(es); "
                   f"derived sizes {config.derived()}")
 
-    # 0b. models (policy.py), the ptx texts, optimizers and schedules
+    # 0b. models (policy.py), the ptx texts, optimizers and schedules; every reward model must have been
+    #     trained on prompts in this run's format (checked before any weights load)
     frozen_dtype = torch.bfloat16 if bf16 else torch.float32
     reward_models = rm_ensemble.resolve_reward_models(config.reward_model, config.reward_ensemble)
+    check_reward_model_formats(config, reward_models)
     models = build_ppo_models(_model_settings(config, frozen_dtype=frozen_dtype, reward_model=reward_models[0]),
                               device=accelerator.device)
     ensemble = [freeze(RewardModel.from_pretrained(path, dtype=frozen_dtype, device=accelerator.device,
@@ -654,6 +670,11 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
                                                        device=accelerator.device,
                                                        trust_remote_code=config.trust_remote_code))
                     if select_signal == "held_out_rm" else None)
+    try:
+        format_prompt(models.tokenizer, "", prompt_format=config.format)  # chat needs the policy's template
+    except PromptFormatError as exc:
+        raise ConfigError("prompt_format", str(exc)) from None
+    report.on_log(f"prompts as {config.format.describe()}")
     limit = getattr(models.actor.config, "max_position_embeddings", None) or getattr(
         models.actor.config, "n_positions", None)
     if limit is not None and config.max_prompt_length + config.response_length > limit:

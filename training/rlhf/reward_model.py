@@ -4,7 +4,9 @@ adapters) plus a scalar head on the hidden state of the last real (non-pad) toke
     r(x, y) = gain · (w · h_last(x ⊕ y ⊕ EOS) + b) + bias          (gain, bias: calibration, see calibration.py)
 
 - Text format (docs/architecture.md "Model text format"): `prompt_ids + response_ids + [eos]`, prompt and
-  response tokenised separately, so the boundary is the same in RM training, sampling and PPO. PAD ≠ EOS:
+  response tokenised separately, so the boundary is the same in RM training, sampling and PPO. The prompt is
+  first put in the model's prompt format (`chat_format.format_prompt`: as-is, or the chat template), which the
+  model records and `check_format` holds every later user to. PAD ≠ EOS:
   a tokenizer without its own pad token gets `<|pad|>` added (and the embeddings resized).
 - The last real token is found from the attention mask, so left, right (or mixed) padding give the same
   score; position ids are derived from the mask too (GPT-2 would otherwise count left pads as positions).
@@ -17,7 +19,8 @@ value model uses the same conventions. PPO's critic is initialised from `.backbo
 A saved reward model is one directory:
 
     reward_model.json      format, base model, kind (full | lora), hidden size, calibration, the training
-                           config, the snapshot hash, the evaluation, text format and max length
+                           config, the snapshot hash, the evaluation, text format, prompt format (kind and
+                           system prompt; absent in older models: plain) and max length
     backbone/              the full backbone (save_pretrained)       ─┐ one of the two
     adapter/               the LoRA adapter (base named in the json) ─┘
     score_head.safetensors the head's weight (1, d) and bias (1,)
@@ -43,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from training.rlhf.calibration import Calibration
+from training.rlhf.chat_format import PLAIN, PromptFormat, check_same_format, format_prompt
 
 FORMAT_NAME = "rlhf-workbench/reward-model"
 FORMAT_VERSION = 1
@@ -151,15 +155,18 @@ def encode_prompt_response(
 
 
 def encode_pairs(
-    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int
+    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int,
+    prompt_format: PromptFormat = PLAIN,
 ) -> list[list[int]]:
-    """`encode_prompt_response` for many pairs: distinct prompts and responses are tokenised once each, in
-    batches (a prompt with K responses is tokenised once)."""
+    """`encode_prompt_response` for many pairs, each prompt first put in `prompt_format`
+    (`chat_format.format_prompt`); distinct prompts and responses are tokenised once each, in batches (a
+    prompt with K responses is tokenised once)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     unique_prompts = list(dict.fromkeys(prompts))
     unique_responses = list(dict.fromkeys(responses))
-    prompt_ids = dict(zip(unique_prompts, _batch_tokenize(tokenizer, unique_prompts)))
+    formatted = [format_prompt(tokenizer, prompt, prompt_format=prompt_format) for prompt in unique_prompts]
+    prompt_ids = dict(zip(unique_prompts, _batch_tokenize(tokenizer, formatted)))
     response_ids = dict(zip(unique_responses, _batch_tokenize(tokenizer, unique_responses)))
     end = [end_token_id(tokenizer)]
     out = []
@@ -314,6 +321,23 @@ def _hidden_size(backbone: nn.Module) -> int:
     return int(backbone.get_input_embeddings().embedding_dim)
 
 
+def saved_prompt_format(directory: str | Path) -> PromptFormat:
+    """The prompt format a saved reward model was trained with, read from its reward_model.json without
+    loading the weights (a model saved before formats were recorded: plain)."""
+    meta_path = Path(directory) / METADATA_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FileNotFoundError(f"{directory}: not a reward model directory (no {METADATA_FILE})") from exc
+    return PromptFormat.from_dict(meta.get("prompt_format"))
+
+
+def check_saved_format(directory: str | Path, prompt_format: PromptFormat, *, what: str | None = None) -> None:
+    """Refuse (PromptFormatError naming both formats) a reward model directory trained on another format."""
+    check_same_format(trained=saved_prompt_format(directory), requested=prompt_format,
+                      what=what or f"the reward model at {directory}")
+
+
 # --- the module --------------------------------------------------------------------------------------------
 
 
@@ -330,6 +354,7 @@ class RewardModel(nn.Module):
         base_model: str = "",
         max_length: int = 1024,
         info: dict[str, Any] | None = None,
+        prompt_format: PromptFormat = PLAIN,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -345,6 +370,7 @@ class RewardModel(nn.Module):
         self.base_model = base_model
         self.max_length = int(max_length)
         self.info: dict[str, Any] = dict(info or {})
+        self.prompt_format = prompt_format
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.end_token_id = end_token_id(tokenizer)
         parameters = inspect.signature(_base_module(backbone).forward).parameters
@@ -364,9 +390,12 @@ class RewardModel(nn.Module):
         dtype: torch.dtype | str | None = torch.float32,
         max_length: int = 1024,
         trust_remote_code: bool = False,
+        prompt_format: PromptFormat = PLAIN,
     ) -> RewardModel:
-        """A fresh reward model to train: pretrained backbone, newly initialised head (identity calibration)."""
+        """A fresh reward model to train: pretrained backbone, newly initialised head (identity calibration),
+        reading prompts in `prompt_format` (chat without a chat template on the tokenizer: PromptFormatError)."""
         tokenizer = load_tokenizer(tokenizer_name_or_path or model_name_or_path, trust_remote_code=trust_remote_code)
+        format_prompt(tokenizer, "", prompt_format=prompt_format)  # refuse chat without a template before loading
         ensure_pad_token(tokenizer)
         backbone = load_backbone(model_name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
         _resize_for_tokenizer(backbone, tokenizer)
@@ -379,7 +408,7 @@ class RewardModel(nn.Module):
             backbone = apply_lora(backbone, lora)
         return cls(
             backbone, tokenizer, base_model=_local_reference(model_name_or_path), max_length=max_length,
-            info={"tokenizer_source": tokenizer_name_or_path or model_name_or_path},
+            info={"tokenizer_source": tokenizer_name_or_path or model_name_or_path}, prompt_format=prompt_format,
         )
 
     @classmethod
@@ -427,6 +456,7 @@ class RewardModel(nn.Module):
             base_model=meta.get("base_model", ""),
             max_length=int(meta.get("max_length", 1024)),
             info=info,
+            prompt_format=PromptFormat.from_dict(meta.get("prompt_format")),
         )
         if device is not None:
             model.to(device)
@@ -461,11 +491,22 @@ class RewardModel(nn.Module):
             raw = self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1)
             return self.calibration.apply(raw) if calibrated else raw
 
+    def check_format(self, prompt_format: PromptFormat, *, what: str = "the reward model") -> None:
+        """Refuse (PromptFormatError naming both) to score prompts that a run formats otherwise than this model
+        was trained on."""
+        check_same_format(trained=self.prompt_format, requested=prompt_format, what=what)
+
+    def format_prompt(self, prompt: str) -> str:
+        """`prompt` as this model reads it (its recorded prompt format)."""
+        return format_prompt(self.tokenizer, prompt, prompt_format=self.prompt_format)
+
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], *, max_length: int | None = None
     ) -> list[list[int]]:
-        """Token ids `prompt + response + [eos]` per pair; see `encode_pairs`."""
-        return encode_pairs(self.tokenizer, prompts, responses, max_length=max_length or self.max_length)
+        """Token ids `prompt + response + [eos]` per pair, the prompt in the model's prompt format; see
+        `encode_pairs`."""
+        return encode_pairs(self.tokenizer, prompts, responses, max_length=max_length or self.max_length,
+                            prompt_format=self.prompt_format)
 
     @torch.no_grad()
     def score_ids(
@@ -539,6 +580,7 @@ class RewardModel(nn.Module):
             "hidden_size": self.hidden_size,
             "calibration": self.calibration.to_dict(),
             "text_format": TEXT_FORMAT,
+            "prompt_format": self.prompt_format.as_dict(),
             "max_length": self.max_length,
             "pad_token_id": self.pad_token_id,
             "end_token_id": self.end_token_id,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from training.rlhf.chat_format import PROMPT_FORMATS, PromptFormat, format_of_config
 from training.rlhf.configs import (
     BF16_CHOICES,
     ConfigError,
@@ -34,6 +35,14 @@ class RewardModelConfig:
     output_dir: str = option("", "Directory for the trained reward model, config.json, checkpoints/ and "
                                  "events.jsonl (the manage.py command fills it in from the run when empty).")
     tokenizer: str = option("", "Tokenizer path or hub id; empty uses the model's own.")
+    prompt_format: str = option("plain", "How a prompt becomes the text the model reads: 'plain' (the text as-is, "
+                                         "the model continues it) or 'chat' (the tokenizer's chat template, the "
+                                         "prompt as the user turn); recorded with the reward model, which "
+                                         "refuses to score prompts in another format. Left out, train_rm and the "
+                                         "dashboard take the snapshot's (its project's) format.",
+                                choices=PROMPT_FORMATS)
+    system_prompt: str = option("", "System message put first under the chat template (prompt_format chat only; "
+                                    "empty: none).")
     train_split: str = option("train", "Split of the dataset to train on.")
     eval_split: str = option("test", "Held-out split for evaluation and calibration; when the dataset has no such "
                                      "split, `heldout_fraction` of the prompts are held out instead.")
@@ -91,7 +100,9 @@ class RewardModelConfig:
 
     def __post_init__(self) -> None:
         check_required(self, "model", "dataset")
-        check_strings(self, "output_dir", "tokenizer", "train_split", "eval_split", "resume", "calibration_set")
+        check_strings(self, "output_dir", "tokenizer", "train_split", "eval_split", "resume", "calibration_set",
+                      "system_prompt")
+        format_of_config(self)
         if not self.train_split.strip():
             raise ConfigError("train_split", "is required")
         if self.train_split == self.eval_split:
@@ -117,6 +128,11 @@ class RewardModelConfig:
             raise ConfigError("calibration_set", f"is required: {', '.join(CALIBRATION_SETS)} or a file path")
         if self.calibration_set == "heldout" and self.heldout_fraction == 0 and not self.eval_split:
             raise ConfigError("calibration_set", "'heldout' needs an eval split or a heldout_fraction > 0")
+
+    @property
+    def format(self) -> PromptFormat:
+        """The prompt format of `prompt_format` + `system_prompt` (validated in __post_init__)."""
+        return format_of_config(self)
 
     @property
     def use_calibration(self) -> bool:

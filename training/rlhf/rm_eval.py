@@ -194,17 +194,21 @@ def accuracy_by(
 
 def evaluate_rankings_file(
     *, reward_model: str | Path, dataset: str | Path, split: str = "train", by: Sequence[str] = (),
-    batch_size: int = 32, calibrated: bool = False,
+    batch_size: int = 32, calibrated: bool = False, prompt_format: Any = None,
 ) -> dict[str, Any]:
     """Evaluate a saved reward model (a directory RewardModel.from_pretrained loads) on an exported rankings
     file: a snapshot directory, its kwise/ directory or a single JSONL/Parquet file (data.load_ranking_records).
+    The model reads the prompts in the format it was trained with; `prompt_format` (a `PromptFormat`, the
+    format the rankings' project uses) is checked against it first (PromptFormatError naming both).
 
     Returns `evaluation_report` (accuracy, pairs, mean_margin, loss, per_annotator, per_k, oracle on demo
     records) plus "per_<name>" (`accuracy_by`) for every name in `by`, e.g. by=("source", "round"), and
     "dataset", "split". A file without records gives rankings 0 and accuracy NaN.
     """
-    from training.rlhf.reward_model import RewardModel
+    from training.rlhf.reward_model import RewardModel, check_saved_format
 
+    if prompt_format is not None:
+        check_saved_format(reward_model, prompt_format)
     records = load_ranking_records(dataset, split=split)
     model = RewardModel.from_pretrained(str(reward_model))
     model.eval()

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from training.rlhf.calibration import Calibration, calibration_report, fit_calibration
+from training.rlhf.chat_format import PLAIN, PromptFormat, PromptFormatError, check_same_format
 from training.rlhf.configs import ConfigError, config_to_dict, save_config
 from training.rlhf.data import (
     DatasetError,
@@ -36,6 +37,7 @@ from training.rlhf.data import (
     dataset_fingerprint,
     load_calibration_texts,
     load_ranking_records,
+    snapshot_prompt_format,
     split_by_prompt,
     unique_responses,
 )
@@ -85,11 +87,13 @@ class EncodedRanking:
     ranks: list[int]
 
 
-def encode_rankings(tokenizer: Any, records: Sequence[RankingRecord], *, max_length: int) -> list[EncodedRanking]:
-    """Tokenise every response of every record as `prompt + response + [eos]` (docs/architecture.md)."""
+def encode_rankings(tokenizer: Any, records: Sequence[RankingRecord], *, max_length: int,
+                    prompt_format: PromptFormat = PLAIN) -> list[EncodedRanking]:
+    """Tokenise every response of every record as `prompt + response + [eos]`, the prompt in `prompt_format`
+    (docs/architecture.md, "Model text format")."""
     prompts = [r.prompt for r in records for _ in r.responses]
     responses = [text for r in records for text in r.responses]
-    flat = encode_pairs(tokenizer, prompts, responses, max_length=max_length)
+    flat = encode_pairs(tokenizer, prompts, responses, max_length=max_length, prompt_format=prompt_format)
     out, offset = [], 0
     for record in records:
         out.append(EncodedRanking(sequences=flat[offset:offset + record.k], ranks=record.ranks))
@@ -315,9 +319,9 @@ def _score_sequences(run: _Run, model: torch.nn.Module, sequences: Sequence[list
 
 def _evaluate(run: _Run, model: torch.nn.Module, records: Sequence[RankingRecord]) -> dict[str, Any]:
     pairs, layout = unique_sequences(records)
-    tokenizer = run.accelerator.unwrap_model(model).tokenizer
-    sequences = encode_pairs(tokenizer, [p for p, _ in pairs], [r for _, r in pairs],
-                             max_length=run.max_length)
+    unwrapped = run.accelerator.unwrap_model(model)
+    sequences = encode_pairs(unwrapped.tokenizer, [p for p, _ in pairs], [r for _, r in pairs],
+                             max_length=run.max_length, prompt_format=unwrapped.prompt_format)
     scores = _score_sequences(run, model, sequences)
     return evaluation_report(records, [[scores[i] for i in row] for row in layout])
 
@@ -356,7 +360,7 @@ def _save_checkpoint(run: _Run, scheduler: Any, total_steps: int) -> Path:
         torch.save(scheduler.state_dict(), partial / SCHEDULER_FILE)
         state = {"step": run.step, "epoch": run.epoch, "batches_in_epoch": run.batches_in_epoch,
                  "total_steps": total_steps, "num_processes": accelerator.num_processes,
-                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                 "prompt_format": run.config.format.as_dict(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (partial / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -375,6 +379,12 @@ def _load_checkpoint(run: _Run, checkpoint: Path, scheduler: Any, total_steps: i
     if state.get("num_processes", 1) != run.accelerator.num_processes:
         raise ConfigError("resume", f"{checkpoint} was written by {state.get('num_processes')} process(es); this "
                                     f"run has {run.accelerator.num_processes}")
+    if "prompt_format" in state:  # a resumed run keeps reading prompts as it started (older checkpoints: unchecked)
+        try:
+            check_same_format(trained=PromptFormat.from_dict(state["prompt_format"]), requested=run.config.format,
+                              what=f"the checkpoint {checkpoint}")
+        except PromptFormatError as exc:
+            raise ConfigError("prompt_format", str(exc)) from None
     run.accelerator.load_state(str(checkpoint))
     scheduler.load_state_dict(torch.load(checkpoint / SCHEDULER_FILE, weights_only=True))
     run.step, run.epoch, run.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
@@ -417,25 +427,35 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
     snapshot_hash = dataset_fingerprint(config.dataset)
     run.log(f"data: {data_info['train_rankings']} training rankings, {data_info['eval_rankings']} held-out "
             f"({data_info['eval_source']}); snapshot {snapshot_hash[:12]}")
+    exported_format = snapshot_prompt_format(config.dataset)
+    if exported_format is not None and exported_format != config.format:
+        run.log(f"warning: the snapshot's project reads its prompts as {exported_format.describe()}, but this "
+                f"reward model reads them as {config.format.describe()} (prompt_format / system_prompt); PPO and "
+                "the RM check on that project will refuse it")
 
     # 3. Model: pretrained backbone (+ LoRA), new scalar head, PAD ≠ EOS, dropout off.
     lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                         target_modules=list(config.lora_target_modules)) if config.lora else None
-    model = RewardModel.from_backbone(
-        config.model, tokenizer_name_or_path=config.tokenizer or None, lora=lora,
-        gradient_checkpointing=config.gradient_checkpointing, max_length=config.max_length,
-        trust_remote_code=config.trust_remote_code,
-    )
+    try:
+        model = RewardModel.from_backbone(
+            config.model, tokenizer_name_or_path=config.tokenizer or None, lora=lora,
+            gradient_checkpointing=config.gradient_checkpointing, max_length=config.max_length,
+            trust_remote_code=config.trust_remote_code, prompt_format=config.format,
+        )
+    except PromptFormatError as exc:  # chat, but the tokenizer has no chat template
+        raise ConfigError("prompt_format", str(exc)) from None
     run.max_length = model.max_length
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
     run.log(f"model: {config.model} ({type(model.backbone).__name__}, d={model.hidden_size}, "
             f"{trainable:,} of {total_params:,} parameters trainable{', LoRA' if config.lora else ''}); "
-            f"max length {model.max_length}; mixed precision {accelerator.mixed_precision}")
+            f"max length {model.max_length}; mixed precision {accelerator.mixed_precision}; prompts as "
+            f"{config.format.describe()}")
     seed_everything(config.seed, rank=accelerator.process_index)
 
     # 4. Tokenise: prompt_ids + response_ids + [eos] for every response; rankings without a preference go.
-    encoded = encode_rankings(model.tokenizer, train_records, max_length=model.max_length)
+    encoded = encode_rankings(model.tokenizer, train_records, max_length=model.max_length,
+                              prompt_format=model.prompt_format)
     kept = [item for item, record in zip(encoded, train_records) if record.ordered_pairs()]
     if not kept:
         raise DatasetError(f"{config.dataset}: no training ranking orders any pair (every response tied)")
@@ -540,7 +560,8 @@ def train_reward_model(config: RewardModelConfig, *, reporter: Reporter | None =
     if config.use_calibration:
         prompts, responses = [p for p, _ in calibration_texts], [r for _, r in calibration_texts]
         raw = _score_sequences(run, model, encode_pairs(unwrapped.tokenizer, prompts, responses,
-                                                        max_length=unwrapped.max_length))
+                                                        max_length=unwrapped.max_length,
+                                                        prompt_format=unwrapped.prompt_format))
         fitted = fit_calibration(raw, gain=config.calibration_gain)
         unwrapped.calibration = fitted
         calibration = {"set": config.calibration_set, **calibration_report(raw, fitted)}

@@ -1,12 +1,14 @@
 """Sample responses from a causal language model: batched, left-padded, K distinct responses per prompt.
 
 Pure torch/transformers (no Django): the `sample_responses` command, the PPO evaluation and the "new round"
-code share it. The text format follows docs/architecture.md: the policy sees the prompt text as-is and
-continues it; the response is the continuation up to EOS.
+code share it. The text format follows docs/architecture.md: the policy sees the prompt under the run's
+prompt format (`chat_format.format_prompt`: the text as-is, or the tokenizer's chat template) and continues
+it; the response is the continuation up to EOS.
 
     policy = load_policy("path/or/hub-id", device="auto")          # bf16 on a GPU, fp32 on CPU
     params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=64, batch_size=16)
-    result = sample_distinct(prompts, k=4, generate=policy_generator(policy, params), seed=0)
+    generate = policy_generator(policy, params, prompt_format=PromptFormat("chat"))  # default: plain
+    result = sample_distinct(prompts, k=4, generate=generate, seed=0)
     result.responses[i]   # up to 4 distinct texts for prompts[i]
 """
 
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from training.rlhf.chat_format import PLAIN, PromptFormat, add_special_tokens_for, format_prompt
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")
 
@@ -169,12 +173,15 @@ class Generation:
     finished: bool  # ended with EOS (False: cut at max_new_tokens)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt as the policy sees it: the tokenizer's own special tokens at the start
-    (e.g. BOS) but never a trailing EOS, which would tell the model the text is over."""
+def encode_prompts(tokenizer, prompts: Sequence[str], *, prompt_format: PromptFormat = PLAIN) -> list[list[int]]:
+    """Token ids of each prompt as the policy sees it under `prompt_format` (`chat_format.format_prompt`): the
+    tokenizer's own special tokens at the start (e.g. BOS; under chat the template writes its own) but never a
+    trailing EOS, which would tell the model the text is over."""
+    special = add_special_tokens_for(prompt_format)
     encoded = []
     for prompt in prompts:
-        ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        text = format_prompt(tokenizer, prompt, prompt_format=prompt_format)
+        ids = list(tokenizer(text, add_special_tokens=special)["input_ids"])
         while ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
             ids.pop()
         if not ids:
@@ -219,10 +226,11 @@ def decode_continuations(tokenizer, continuation_ids: torch.Tensor) -> list[Gene
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts: Sequence[str], *, params: SamplingParams, seed: int) -> list[Generation]:
-    """One sampled continuation per entry of `prompts` (repeat a prompt K times for K samples), generated in
-    left-padded batches of params.batch_size with an attention mask. Seeded: the same call gives the same
-    texts on the same hardware."""
+def generate_texts(model, tokenizer, prompts: Sequence[str], *, params: SamplingParams, seed: int,
+                   prompt_format: PromptFormat = PLAIN) -> list[Generation]:
+    """One sampled continuation per entry of `prompts` (repeat a prompt K times for K samples), each prompt
+    under `prompt_format`, generated in left-padded batches of params.batch_size with an attention mask.
+    Seeded: the same call gives the same texts on the same hardware."""
     if not prompts:
         return []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -230,7 +238,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, params: Sampling
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = encode_prompts(tokenizer, prompts, prompt_format=prompt_format)
     results: list[Generation] = []
     for start in range(0, len(encoded), params.batch_size):
         input_ids, attention_mask = left_pad(encoded[start:start + params.batch_size], pad_id)
@@ -250,11 +258,15 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, params: Sampling
     return results
 
 
-def policy_generator(policy: LoadedPolicy, params: SamplingParams) -> Callable[[list[str], int], list[Generation]]:
-    """The `generate` callable for `sample_distinct`, bound to a loaded policy and sampling parameters."""
+def policy_generator(policy: LoadedPolicy, params: SamplingParams, *,
+                     prompt_format: PromptFormat = PLAIN) -> Callable[[list[str], int], list[Generation]]:
+    """The `generate` callable for `sample_distinct`, bound to a loaded policy, sampling parameters and the
+    prompt format (checked here: chat without a chat template is a PromptFormatError before any sampling)."""
+    format_prompt(policy.tokenizer, "", prompt_format=prompt_format)
 
     def generate(prompts: list[str], seed: int) -> list[Generation]:
-        return generate_texts(policy.model, policy.tokenizer, prompts, params=params, seed=seed)
+        return generate_texts(policy.model, policy.tokenizer, prompts, params=params, seed=seed,
+                              prompt_format=prompt_format)
 
     return generate
 

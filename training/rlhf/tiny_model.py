@@ -3,6 +3,8 @@
 No network: the tokenizer is trained on the demo corpus (`demo_task.demo_corpus`) and the model is
 initialised from scratch and pre-trained on that corpus for a fixed number of steps, so its samples are
 varied, word-like reviews of mixed quality — the starting point (the "SFT model") of the demo RLHF loop.
+With `TinyModelSpec(chat=True)` (`make_tiny_model --chat true`) the tokenizer also carries a chat template of
+its own (`TINY_CHAT_TEMPLATE`), so every stage can be tested with prompt_format chat as with an instruct model.
 
 `build_tiny_model(out_dir)` is idempotent and safe to call from several processes: it skips all work when
 `out_dir` already holds a complete build of the same spec (same hash in `build.json`), builds in a temporary
@@ -32,6 +34,17 @@ from training.rlhf.demo_task import demo_corpus
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+# A template of its own (plain-text role markers, no new tokens, so the pre-trained weights fit unchanged): the
+# assistant's turn ends with EOS, as the workbench's text format expects (docs/architecture.md).
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}### System: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}### User: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}### Assistant:{{ message['content'] }}{{ eos_token }}\n"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:{% endif %}"
+)
+
 BUILD_FILE = "build.json"
 # Bump when the build procedure changes in a way the spec does not capture (forces a rebuild everywhere).
 BUILD_FORMAT = 2
@@ -56,6 +69,9 @@ class TinyModelSpec:
     batch_size: int = option(32, "Texts per pre-training step.")
     lr: float = option(3e-3, "Peak AdamW learning rate (linear warm-up over the first 1/20 of the steps, cosine decay to 1/10).")
     weight_decay: float = option(0.01, "AdamW weight decay.")
+    chat: bool = option(False, "Give the tokenizer the tiny chat template (TINY_CHAT_TEMPLATE: '### User:' / "
+                               "'### Assistant:' turns, the assistant's turn ending with EOS), so the model is "
+                               "used with prompt_format chat like an instruct model.")
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "n_layer", "n_head", "n_embd", "n_positions", "corpus_size", "steps", "batch_size")
@@ -75,6 +91,8 @@ class TinyModelSpec:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if not isinstance(self.chat, bool):
+            raise ConfigError("chat", f"must be true or false, got {self.chat!r}")
 
 
 def _library_versions() -> dict[str, str]:
@@ -86,8 +104,12 @@ def _library_versions() -> dict[str, str]:
 
 
 def build_hash(spec: TinyModelSpec) -> str:
-    """sha256 over the spec, the library versions and the build format: equal hashes ⇒ the same build."""
-    payload = {"spec": dataclasses.asdict(spec), "versions": _library_versions(), "format": BUILD_FORMAT}
+    """sha256 over the spec, the library versions and the build format: equal hashes ⇒ the same build.
+    `chat` enters only when true, so every plain build made before the option existed stays current."""
+    fields = dataclasses.asdict(spec)
+    if not fields["chat"]:
+        del fields["chat"]
+    payload = {"spec": fields, "versions": _library_versions(), "format": BUILD_FORMAT}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -118,7 +140,7 @@ def build_tiny_model(
     """Build the demo tokenizer and pre-trained tiny GPT-2 into `out_dir` (skipped when already current).
 
     Steps: 1. generate the demo corpus; 2. train a byte-level BPE tokenizer on it (EOS "<|endoftext|>",
-    also BOS/UNK as in GPT-2, and a distinct PAD "<|pad|>"); 3. initialise a GPT2LMHeadModel from the spec;
+    also BOS/UNK as in GPT-2, and a distinct PAD "<|pad|>"; with `spec.chat`, the tiny chat template); 3. initialise a GPT2LMHeadModel from the spec;
     4. pre-train it on every text + EOS with AdamW; 5. save model, tokenizer and build.json into a temporary
     directory beside `out_dir` and rename it into place.
 
@@ -241,6 +263,8 @@ def _build_into(target: Path, spec: TinyModelSpec, *, progress: bool, say: Calla
     tokenizer = train_demo_tokenizer(corpus, vocab_size=spec.vocab_size, model_max_length=spec.n_positions)
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     assert eos_id != pad_id
+    if spec.chat:  # markers in plain text, no new tokens: the same pre-training, a template on top
+        tokenizer.chat_template = TINY_CHAT_TEMPLATE
     # every text + EOS, truncated to fit n_positions (demo texts are ≈ 25 tokens, at most ≈ 60 at 1024 tokens)
     encoded = [ids + [eos_id] for ids in tokenizer(corpus, truncation=True, max_length=spec.n_positions - 1)["input_ids"]]
     say(f"tokenizer: {len(tokenizer)} tokens; corpus: {len(corpus)} texts, {sum(map(len, encoded))} tokens")
@@ -443,17 +467,6 @@ def generate_samples(
 
 
 # --- a tiny chat model: the same weights, a tokenizer that carries a chat template --------------------------
-
-# A template of its own (plain-text role markers, no new tokens, so the pre-trained weights fit unchanged): the
-# assistant's turn ends with EOS, as the workbench's text format expects (docs/architecture.md).
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}### System: {{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}### User: {{ message['content'] }}\n"
-    "{% elif message['role'] == 'assistant' %}### Assistant:{{ message['content'] }}{{ eos_token }}\n"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}### Assistant:{% endif %}"
-)
 
 
 def add_chat_template(model_dir: str | Path, out_dir: str | Path, *, template: str = TINY_CHAT_TEMPLATE) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from training.rlhf.chat_format import PromptFormat, format_prompt
 from training.rlhf.configs import ConfigError, add_config_arguments, config_from_args
 from training.rlhf.demo_task import demo_prompts
 from training.rlhf.tiny_model import (
@@ -21,7 +22,9 @@ class Command(BaseCommand):
         "Build the demo task's tiny policy into OUT_DIR, with no network: a byte-level BPE tokenizer trained "
         "on the demo corpus (PAD distinct from EOS) and a small GPT-2 pre-trained on it. Deterministic for "
         "a seed; does nothing when OUT_DIR already holds the same build. Loads with "
-        "AutoTokenizer/AutoModelForCausalLM.from_pretrained(OUT_DIR)."
+        "AutoTokenizer/AutoModelForCausalLM.from_pretrained(OUT_DIR). With --chat true the tokenizer also carries "
+        "a tiny chat template ('### User:' / '### Assistant:' turns, ending with EOS): a stand-in for an instruct "
+        "model, used with prompt_format chat."
     )
 
     def add_arguments(self, parser):
@@ -58,5 +61,11 @@ class Command(BaseCommand):
         )
         if options["samples"]:
             prompts = demo_prompts(n=options["samples"], seed=spec.seed, split="test")
-            for prompt, response in zip(prompts, generate_samples(path, prompts, seed=spec.seed)):
+            fed = prompts
+            if spec.chat:  # the model answers the prompt in its template, as every stage will give it
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(path)
+                fed = [format_prompt(tokenizer, prompt, prompt_format=PromptFormat("chat")) for prompt in prompts]
+            for prompt, response in zip(prompts, generate_samples(path, fed, seed=spec.seed)):
                 self.stdout.write(f"  {prompt}{response}")

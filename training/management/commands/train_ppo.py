@@ -107,6 +107,8 @@ class Command(cli.TrainCommand):
         sources = {**reward_model_source(options["reward_model"]), **prompts_source(options["prompts"])}
         values.update({k: sources.pop(k) for k in ("reward_model", "prompts") if k in sources})
         check_inputs(values)
+        run_dir = sources["reward_model_run"].output("reward_model") if "reward_model_run" in sources else None
+        cli.default_prompt_format(values, kind="ppo", reward_model=values.get("reward_model") or run_dir)
         out = options.get("output_dir")
         if not main:
             if "reward_model_run" in sources:

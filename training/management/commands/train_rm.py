@@ -89,6 +89,7 @@ class Command(cli.TrainCommand):
         if not options.get("model"):
             raise CommandError("--model is required (a local checkpoint directory or a hub id).")
         values["model"] = options["model"]
+        cli.default_prompt_format(values, kind="rm")
         if not main:
             return None, cli.unrecorded(kind="rm", values=values, out=options.get("output_dir"))
         check_inputs(values)
