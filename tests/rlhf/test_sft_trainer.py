@@ -200,8 +200,8 @@ def test_a_few_steps_lower_the_heldout_loss_and_save_a_loadable_model(tiny_model
     for stage in (before, after):  # the demo task: samples scored by the oracle
         assert stage["samples"]["n"] == 3 and math.isfinite(stage["samples"]["oracle"])
     [rows] = reporter.samples.values()
-    assert len(rows) == 3 and {"before", "demonstration"} <= set(rows[0]["extra"])
-    assert rows[0]["extra"]["demonstration"] == ANSWER
+    assert len(rows) == 3 and {"prompt", "response", "before", "demonstration", "oracle"} <= set(rows[0])
+    assert rows[0]["demonstration"] == ANSWER
     assert reporter.evaluations == [evaluation] and reporter.outputs == [{"model": str(result.model_dir)}]
 
     # the saved model: loads on its own, with its tokenizer, its prompt format and its data's hash

@@ -581,8 +581,13 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
         evaluation.setdefault("after", {})["samples"] = sample_report(sample_records, after)
         if main:
             before_rows = before_samples or [""] * len(after)
-            rows = [{"prompt": r.prompt, "response": text, "extra": {"before": old, "demonstration": r.response}}
+            rows = [{"prompt": r.prompt, "response": text, "before": old, "demonstration": r.response}
                     for r, text, old in zip(sample_records, after, before_rows)]
+            if "oracle" in evaluation["after"]["samples"]:  # the demo task: each sample's true score
+                from training.rlhf.demo_task import oracle_score
+
+                for row in rows:
+                    row["oracle"] = oracle_score(row["prompt"], row["response"])
             reporter.on_samples(steps, rows)
     for stage in ("before", "after"):
         figures = evaluation.get(stage, {})

@@ -12,7 +12,6 @@ touches the database. Ctrl+C (or SIGTERM) once stops gracefully with a checkpoin
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from django.core.management.base import CommandError
@@ -22,28 +21,6 @@ from training.rlhf.rm_config import CALIBRATION_SETS
 
 # Options this command names itself (the rest come from RewardModelConfig).
 OWN_FIELDS = {"dataset", "model", "output_dir"}
-
-
-def resolve_snapshot(value: str):
-    """A DatasetSnapshot by primary key or by (a unique prefix of, ≥ 6 characters) its content hash."""
-    from annotate.models import DatasetSnapshot
-
-    value = value.strip()
-    if value.isdigit():
-        snapshot = DatasetSnapshot.objects.filter(pk=int(value)).first()
-        if snapshot is None:
-            raise CommandError(f"No dataset snapshot with id {value}.")
-        return snapshot
-    if len(value) < 6 or not re.fullmatch(r"[0-9a-fA-F]+", value):
-        raise CommandError(f"--snapshot takes a snapshot id or at least 6 hex digits of its hash, got {value!r}.")
-    matches = list(DatasetSnapshot.objects.filter(content_hash__startswith=value.lower()).order_by("-created_at"))
-    if not matches:
-        raise CommandError(f"No dataset snapshot whose hash starts with {value}.")
-    if len({s.content_hash for s in matches}) > 1:
-        raise CommandError(f"{value} matches {len({s.content_hash for s in matches})} different snapshots; give "
-                           "more of the hash or the snapshot id.")
-    on_disk = [s for s in matches if Path(s.path).exists()]
-    return (on_disk or matches)[0]
 
 
 def check_inputs(values: dict) -> None:
@@ -76,19 +53,7 @@ class Command(cli.TrainCommand):
         source.add_argument("--model", help="Backbone: a local checkpoint directory or a hub id.")
 
     def new_run(self, options: dict, *, values: dict, main: bool):
-        snapshot = None
-        if options.get("snapshot") and options.get("dataset"):
-            raise CommandError("Give --snapshot or --dataset, not both.")
-        if options.get("snapshot"):
-            snapshot = resolve_snapshot(options["snapshot"])
-            values["dataset"] = snapshot.path
-        elif options.get("dataset"):
-            values["dataset"] = options["dataset"]
-        else:
-            raise CommandError("Give --snapshot ID_OR_HASH or --dataset PATH (or --run-id N).")
-        if not options.get("model"):
-            raise CommandError("--model is required (a local checkpoint directory or a hub id).")
-        values["model"] = options["model"]
+        snapshot = cli.dataset_source(options, values=values)
         if not main:
             return None, cli.unrecorded(kind="rm", values=values, out=options.get("output_dir"))
         check_inputs(values)
@@ -98,11 +63,7 @@ class Command(cli.TrainCommand):
         return run, config
 
     def report(self, run) -> None:
-        if run.status == run.Status.CANCELLED:
-            self.stdout.write(self.style.WARNING(
-                f"{run} stopped on request at step {run.summary.get('step', '?')}; its checkpoint is in "
-                f"{Path(run.output_dir) / 'checkpoints'}."
-            ))
+        if self.report_stopped(run):
             return
         heldout = (run.evaluation or {}).get("heldout", {})
         figures = ""
