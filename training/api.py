@@ -151,8 +151,32 @@ def _launch_failed(form, exc: launching.LaunchError) -> Response:
     return _form_errors(form)
 
 
-def _launched(run: TrainingRun) -> Response:
+def _launch(request: Request, form_class, *, kind: str, sources) -> Response:
+    """The dashboard's launch form on the JSON body: 201 with the queued run, or 400 naming the fields.
+    `sources(cleaned_data, form)` gives the kind's inputs for the run pipeline."""
+    form = form_class(data=launch_forms.api_form_data(form_class(), request.data))
+    if not form.is_valid():
+        return _form_errors(form)
+    data = form.cleaned_data
+    try:
+        run = launching.launch_run(kind=kind, options=form.options, name=data.get("name", ""),
+                                   created_by=request.user, **sources(data, form))
+    except launching.LaunchError as exc:
+        return _launch_failed(form, exc)
     return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    request=OpenApiTypes.OBJECT, responses={201: RunDetailSerializer},
+    description="Fields as on the dashboard's form: `snapshot` (the id of a demonstrations snapshot; its prompt "
+                "format is used), `base_model` (a model directory under the model roots), `name`, and any SFTConfig "
+                "option by name.",
+)
+@api_view(["POST"])
+@permission_classes(STAFF)
+def launch_sft(request: Request) -> Response:
+    return _launch(request, launch_forms.SFTLaunchForm, kind="sft",
+                   sources=lambda data, form: {"snapshot": data["snapshot"]})
 
 
 @extend_schema(
@@ -164,18 +188,9 @@ def _launched(run: TrainingRun) -> Response:
 @api_view(["POST"])
 @permission_classes(STAFF)
 def launch_rm(request: Request) -> Response:
-    form = launch_forms.RMLaunchForm(data=launch_forms.api_form_data(launch_forms.RMLaunchForm(), request.data))
-    if not form.is_valid():
-        return _form_errors(form)
-    data = form.cleaned_data
-    try:
-        run = launching.launch_run(
-            kind="rm", options=form.options, snapshot=data.get("snapshot"), export_project=data.get("project"),
-            export_options=form.export_options(), name=data.get("name", ""), created_by=request.user,
-        )
-    except launching.LaunchError as exc:
-        return _launch_failed(form, exc)
-    return _launched(run)
+    return _launch(request, launch_forms.RMLaunchForm, kind="rm", sources=lambda data, form: {
+        "snapshot": data.get("snapshot"), "export_project": data.get("project"),
+        "export_options": form.export_options()})
 
 
 @extend_schema(
@@ -187,18 +202,8 @@ def launch_rm(request: Request) -> Response:
 @api_view(["POST"])
 @permission_classes(STAFF)
 def launch_ppo(request: Request) -> Response:
-    form = launch_forms.PPOLaunchForm(data=launch_forms.api_form_data(launch_forms.PPOLaunchForm(), request.data))
-    if not form.is_valid():
-        return _form_errors(form)
-    data = form.cleaned_data
-    try:
-        run = launching.launch_run(
-            kind="ppo", options=form.options, reward_model_run=data["reward_model_run"],
-            prompt_project=data.get("prompt_project"), name=data.get("name", ""), created_by=request.user,
-        )
-    except launching.LaunchError as exc:
-        return _launch_failed(form, exc)
-    return _launched(run)
+    return _launch(request, launch_forms.PPOLaunchForm, kind="ppo", sources=lambda data, form: {
+        "reward_model_run": data["reward_model_run"], "prompt_project": data.get("prompt_project")})
 
 
 @extend_schema(request=None, responses={200: RunDetailSerializer, 409: OpenApiTypes.OBJECT})
@@ -233,7 +238,7 @@ def resume_run(request: Request, run_id: int) -> Response:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if already:
         return Response(RunDetailSerializer(new_run).data)
-    return _launched(new_run)
+    return Response(RunDetailSerializer(new_run).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(

@@ -1,6 +1,6 @@
 """Launch forms, generated from the trainers' config dataclasses.
 
-Every option of `RewardModelConfig` / `PPOConfig` becomes a form field with the dataclass default as its
+Every option of `SFTConfig` / `RewardModelConfig` / `PPOConfig` becomes a form field with the dataclass default as its
 initial value, the field's help text, its type (bool → checkbox, int/float → number, choices → select,
 lists → comma-separated text) and `None` for an empty optional value. Validation is the dataclass's own.
 
@@ -26,6 +26,7 @@ from training.models import TrainingRun
 from training.rlhf.configs import describe_fields
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.rm_config import CALIBRATION_SETS, RewardModelConfig
+from training.rlhf.sft_config import SFTConfig
 
 # --- Field generation --------------------------------------------------------------------------------------
 
@@ -193,14 +194,18 @@ class RootPathChoiceField(forms.ChoiceField):
             raise forms.ValidationError(str(exc)) from exc
 
 
-def snapshot_queryset():
-    return DatasetSnapshot.objects.select_related("project").order_by("-created_at")
+def snapshot_queryset(*, kind: str):
+    """The snapshots one trainer takes: rankings for the RM, demonstrations (sft) for SFT."""
+    return DatasetSnapshot.objects.filter(kind=kind).select_related("project").order_by("-created_at")
 
 
 def snapshot_label(snapshot: DatasetSnapshot) -> str:
     """A snapshot by its name (its directory), project, size and date — not its content hash."""
     counts = snapshot.counts or {}
     size = ", ".join(f"{counts[key]} {key}" for key in ("rankings", "pairs") if key in counts)
+    if snapshot.kind == DatasetSnapshot.Kind.SFT:
+        demonstrations = sum(counts.get(key, 0) for key in ("train", "test") if isinstance(counts.get(key), int))
+        size = f"{demonstrations} demonstrations" if demonstrations else ""
     return (f"{Path(snapshot.path).name} · {snapshot.project}" + (f" · {size}" if size else "")
             + f" · {snapshot.created_at:%Y-%m-%d %H:%M}")
 
@@ -232,6 +237,10 @@ def project_queryset():
 
 
 # --- The launch forms --------------------------------------------------------------------------------------
+
+
+# Runs whose model can generate: the SFT model (the start of the loop) and PPO policies (its later rounds).
+POLICY_RUN_KINDS = (TrainingRun.Kind.SFT, TrainingRun.Kind.PPO)
 
 
 def _allowed_model_roots() -> list[Path]:
@@ -285,10 +294,12 @@ class RMLaunchForm(ConfigForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["snapshot"].queryset = snapshot_queryset()
+        self.fields["snapshot"].queryset = snapshot_queryset(kind=DatasetSnapshot.Kind.RANKINGS)
         self.fields["snapshot"].label_from_instance = snapshot_label
         self.fields["project"].queryset = project_queryset()
-        self.fields["base_model"].choices = [("", "— choose a model —"), *model_choices()]
+        self.fields["base_model"].choices = [
+            ("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.SFT,)),
+        ]
         self.fields["calibration"].choices = [
             ("heldout", "held-out split"), ("train", "training split"), ("none", "none (no calibration)"),
             *[(path, f"file: {label}") for path, label in data_choices() if not Path(path).is_dir()],
@@ -312,6 +323,43 @@ class RMLaunchForm(ConfigForm):
         return {"model": data.get("base_model") or "", "calibration_set": data.get("calibration") or "heldout"}
 
 
+class SFTLaunchForm(ConfigForm):
+    """Fine-tune a model on a demonstrations (SFT) snapshot; the prompt format is the snapshot's."""
+
+    config_class = SFTConfig
+    managed_fields = ("model", "dataset", "output_dir", "resume", "tokenizer", "prompt_format", "system_prompt")
+    option_fields = {"model": "base_model", "dataset": "snapshot", "prompt_format": "snapshot",
+                     "system_prompt": "snapshot"}
+    primary_fields = (
+        "epochs", "max_steps", "learning_rate", "batch_size", "max_length", "packing", "lora", "checkpoint_every",
+        "seed",
+    )
+
+    name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
+    snapshot = forms.ModelChoiceField(
+        queryset=DatasetSnapshot.objects.none(), label="Demonstrations",
+        help_text="A demonstrations snapshot exported earlier (export_demonstrations); the run uses its prompt "
+                  "format (plain text or the chat template, as the project declares).",
+    )
+    base_model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, label="Pre-trained model",
+        help_text="The model to fine-tune: a model directory under the configured model roots (or a finished "
+                  "SFT run's model, to fine-tune it further).",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["snapshot"].queryset = snapshot_queryset(kind=DatasetSnapshot.Kind.SFT)
+        self.fields["snapshot"].label_from_instance = snapshot_label
+        self.fields["base_model"].choices = [
+            ("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.SFT,)),
+        ]
+
+    def managed_values(self) -> dict[str, Any]:
+        # The dataset and the prompt format are the snapshot's: the pipeline fills them in.
+        return {"model": self.cleaned_data.get("base_model") or ""}
+
+
 def _data_file_choices(*, blank: str) -> list[tuple[str, str]]:
     return [("", blank), *[(path, label) for path, label in data_choices() if not Path(path).is_dir()]]
 
@@ -331,8 +379,9 @@ class PPOLaunchForm(ConfigForm):
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
     policy_model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Policy",
-        help_text="The policy to start from (the SFT model): a model under the model roots, or the final policy "
-                  "of a finished PPO run (to continue the loop).",
+        help_text="The policy to start from, also the frozen reference of the KL penalty: a finished SFT run's "
+                  "model (the start of the loop), a model under the model roots, or the final policy of a finished "
+                  "PPO run (to continue the loop).",
     )
     reward_model_run = forms.ModelChoiceField(
         queryset=TrainingRun.objects.none(), label="Reward model",
@@ -358,7 +407,7 @@ class PPOLaunchForm(ConfigForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["policy_model"].choices = [
-            ("", "— choose a policy —"), *model_choices(include_runs=(TrainingRun.Kind.PPO,)),
+            ("", "— choose a policy —"), *model_choices(include_runs=POLICY_RUN_KINDS),
         ]
         self.fields["reward_model_run"].queryset = TrainingRun.objects.filter(
             kind=TrainingRun.Kind.RM, status=TrainingRun.Status.SUCCEEDED
@@ -390,7 +439,8 @@ class NewRoundForm(forms.Form):
     project = forms.ModelChoiceField(queryset=Project.objects.none(), help_text="The project to add a round to.")
     model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Policy",
-        help_text="The policy to sample from: a finished PPO run's policy or a model under the model roots.",
+        help_text="The policy to sample from: a finished SFT run's model or PPO run's policy, or a model under "
+                  "the model roots.",
     )
     k = forms.IntegerField(min_value=4, max_value=9, initial=4, label="K (responses per prompt)",
                            help_text="Within the project's K range.")
@@ -416,7 +466,7 @@ class NewRoundForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.run = run
         self.fields["project"].queryset = project_queryset()
-        choices = model_choices(include_runs=(TrainingRun.Kind.PPO,))
+        choices = model_choices(include_runs=POLICY_RUN_KINDS)
         self.fields["model"].choices = [("", "— choose a policy —"), *choices]
         self.fields["baseline_model"].choices = [("", "— none —"), *choices]
         if run is not None:
@@ -451,7 +501,8 @@ class SampleResponsesForm(forms.Form):
 
     model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Model",
-        help_text="The model to sample from: a model under the model roots or a finished PPO run's policy.",
+        help_text="The model to sample from: a model under the model roots, a finished SFT run's model or a "
+                  "PPO run's policy.",
     )
     k = forms.IntegerField(min_value=4, max_value=9, label="K (responses per prompt)",
                            help_text="Within the project's K range; prompts short of K are topped up.")
@@ -465,7 +516,7 @@ class SampleResponsesForm(forms.Form):
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.project = project
-        self.fields["model"].choices = [("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.PPO,))]
+        self.fields["model"].choices = [("", "— choose a model —"), *model_choices(include_runs=POLICY_RUN_KINDS)]
         self.fields["k"].initial = project.k_min
 
     def clean_k(self) -> int:
