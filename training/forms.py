@@ -21,7 +21,7 @@ from django import forms
 
 from annotate.models import DatasetSnapshot, Project
 from training import roots, selectors
-from training.launching import LaunchError
+from training.launching import CALIBRATION_AUTO, LAUNCH_CALIBRATION_SETS, LaunchError
 from training.models import TrainingRun
 from training.rlhf.configs import describe_fields
 from training.rlhf.ppo_config import PPOConfig
@@ -286,10 +286,12 @@ class RMLaunchForm(ConfigForm):
         help_text="The backbone to start from: a model directory under the configured model roots.",
     )
     calibration = RootPathChoiceField(
-        allowed_roots=lambda: [roots.data_root()], keywords=CALIBRATION_SETS, required=False,
-        label="Calibration set",
-        help_text="Rewards on these responses are shifted to mean 0 after training: the held-out split, the "
-                  "training split, none, or a file of prompt + response records under the data root.",
+        allowed_roots=lambda: [roots.data_root()], keywords=CALIBRATION_SETS + LAUNCH_CALIBRATION_SETS,
+        required=False, label="Calibration set",
+        help_text="Rewards on these responses are shifted to mean 0 after training (InstructGPT §3.5: the "
+                  "labelers' demonstrations score 0 on average): by default the project's accepted "
+                  "demonstrations when it has any, else the held-out split; or the held-out split, the training "
+                  "split, none, or a file of prompt + response records under the data root.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -301,10 +303,12 @@ class RMLaunchForm(ConfigForm):
             ("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.SFT,)),
         ]
         self.fields["calibration"].choices = [
+            (CALIBRATION_AUTO, "the project's accepted demonstrations if any, else the held-out split"),
+            ("demonstrations", "the project's accepted demonstrations"),
             ("heldout", "held-out split"), ("train", "training split"), ("none", "none (no calibration)"),
             *[(path, f"file: {label}") for path, label in data_choices() if not Path(path).is_dir()],
         ]
-        self.fields["calibration"].initial = "heldout"
+        self.fields["calibration"].initial = CALIBRATION_AUTO
 
     def export_options(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -320,7 +324,7 @@ class RMLaunchForm(ConfigForm):
         if bool(data.get("snapshot")) == bool(data.get("project")):
             self.add_error("snapshot", "Choose a snapshot, or a project to export now (not both).")
         # The dataset is the snapshot's (or the one exported at launch): the pipeline fills it in.
-        return {"model": data.get("base_model") or "", "calibration_set": data.get("calibration") or "heldout"}
+        return {"model": data.get("base_model") or "", "calibration_set": data.get("calibration") or CALIBRATION_AUTO}
 
 
 class SFTLaunchForm(ConfigForm):

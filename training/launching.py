@@ -32,13 +32,17 @@ from training.logs import run_log_path
 from training.models import TrainingRun
 from training.rlhf.configs import ConfigError, config_to_dict
 from training.runkinds import run_kind
-from training.selectors import find_reward_model_run
+from training.selectors import CALIBRATION_DEMONSTRATIONS_FILE, find_reward_model_run
 from training.services import create_run, output_dir_of, request_cancel
 from training.tasks import execute_training_run
 
 logger = logging.getLogger("training.launching")
 
 PROMPTS_FILE = "prompts.jsonl"
+# Launch-level calibration choices for a reward model, resolved here into a file or the config's "heldout".
+CALIBRATION_AUTO = "auto"
+CALIBRATION_DEMONSTRATIONS = "demonstrations"
+LAUNCH_CALIBRATION_SETS = (CALIBRATION_AUTO, CALIBRATION_DEMONSTRATIONS)
 
 
 class LaunchError(ValueError):
@@ -124,8 +128,52 @@ def _rm_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, e
             raise LaunchError(str(exc)) from exc
         written.append(Path(snapshot.path))
     if snapshot is not None:
-        return {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
-    return {"config": {}, "project": project}
+        inputs = {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
+    else:
+        inputs = {"config": {}, "project": project}
+    return _rm_calibration(options=options, inputs=inputs)
+
+
+def _rm_calibration(*, options: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The RM's calibration set (InstructGPT §3.5: a bias so that the labelers' demonstrations score 0 on
+    average). A launch that names no set, or "auto", calibrates on the project's accepted demonstrations when it
+    has any (exported into the run's directory, see `_create`), else on the held-out split; "demonstrations"
+    insists on them. Any other value (heldout, train, none, a file) is the config's own."""
+    asked = options.get("calibration_set")
+    if asked not in (None, CALIBRATION_AUTO, CALIBRATION_DEMONSTRATIONS):
+        return inputs
+    project = inputs.get("project")
+    if project is not None and accepted_demonstrations(project=project) > 0:
+        inputs["calibration_project"] = project
+    elif asked == CALIBRATION_DEMONSTRATIONS:
+        raise LaunchError(f"{'Project ' + repr(project.name) if project else 'This launch names no project; it'} "
+                          "has no accepted demonstrations to calibrate on; choose another calibration set.",
+                          field="calibration_set")
+    else:
+        inputs["config"]["calibration_set"] = "heldout"
+    return inputs
+
+
+def accepted_demonstrations(*, project) -> int:
+    from annotate.models import Demonstration
+
+    return Demonstration.objects.filter(prompt__project=project, status=Demonstration.Status.ACCEPTED).count()
+
+
+def export_calibration_demonstrations(*, project, path: Path) -> Path:
+    """The project's accepted demonstrations as prompt + response JSON lines (what the RM's calibration reads),
+    through the SFT export's record builder (one definition of which demonstrations count)."""
+    import json
+
+    from annotate.services.export_sft import build_sft_records
+
+    records = build_sft_records(project=project, test_fraction=0.0, seed=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for split in ("train", "test"):
+            for row in records.rows[split]:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def _ppo_inputs(*, options: dict[str, Any], reward_model_run=None, prompt_project=None, project=None,
@@ -187,6 +235,11 @@ def _create(*, kind: str, options: dict[str, Any], name: str = "", created_by=No
                     raise LaunchError(str(exc), field="prompt_project") from exc
                 written.append(path)
                 values["prompts"] = str(path)
+            if inputs.get("calibration_project") is not None:
+                path = export_calibration_demonstrations(project=inputs["calibration_project"],
+                                                         path=out / CALIBRATION_DEMONSTRATIONS_FILE)
+                written.append(path)
+                values["calibration_set"] = str(path)
             config = build_config(kind=kind, values=values)
             run.config = config_to_dict(config)
             run.output_dir = str(out)

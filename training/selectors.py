@@ -184,6 +184,27 @@ def find_reward_model_run(directory: str | Path) -> TrainingRun | None:
             .order_by("-created_at").first())
 
 
+# The RM's calibration file of the project's accepted demonstrations, exported into the run's directory at launch.
+CALIBRATION_DEMONSTRATIONS_FILE = "calibration_demonstrations.jsonl"
+
+
+def calibration_source(run: TrainingRun) -> str | None:
+    """Which set calibrated a reward-model run (its rewards shifted to mean 0 on it), in words."""
+    if run.kind != TrainingRun.Kind.RM:
+        return None
+    chosen = (run.config or {}).get("calibration_set") or "heldout"
+    n = ((run.evaluation or {}).get("calibration") or {}).get("n")
+    count = f" ({n} responses)" if n else ""
+    if chosen == "none":
+        return "not calibrated"
+    if chosen in ("heldout", "train"):
+        return f"the {'held-out' if chosen == 'heldout' else 'training'} split's responses{count}"
+    if Path(chosen).name == CALIBRATION_DEMONSTRATIONS_FILE:
+        owner = f" of {run.project.name}" if run.project else ""
+        return f"the accepted demonstrations{owner}{count} (InstructGPT §3.5)"
+    return f"the file {Path(chosen).name}{count}"
+
+
 def find_sft_run(directory: str | Path | None) -> TrainingRun | None:
     """The newest SFT run that reported writing the model `directory`, if any (the start of the loop)."""
     if not directory:

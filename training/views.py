@@ -112,6 +112,7 @@ def _live_context(request: HttpRequest, run: TrainingRun, *, series: dict | None
         "outputs": selectors.output_files(run=run),
         "checkpoints": list(run.checkpoints.order_by("step")),
         "can_resume": launching.can_resume(run),
+        "calibration_source": selectors.calibration_source(run),
         "poll_seconds": POLL_SECONDS,
     }
 

@@ -151,6 +151,19 @@ def test_launch_again_prefills_an_sft_run(staff_client, roots_in_tmp, model_dir,
         {k: v for k, v in run.config.items() if k != "output_dir"}
 
 
+def test_the_sft_run_page_shows_before_after_samples_and_the_evaluation(staff_client, sft_run):
+    from training.models import Sample
+
+    Sample.objects.create(run=sft_run, step=4, prompt="Review the harbour cafe:", response=" Lovely coffee.",
+                          extra={"before": " cafe cafe the", "demonstration": " Warm and friendly.", "oracle": 1.25})
+    page = staff_client.get(f"/dashboard/runs/{sft_run.pk}/").content.decode()
+    assert "held-out perplexity" in page  # the headline
+    samples = staff_client.get(f"/dashboard/runs/{sft_run.pk}/samples/").content.decode()
+    for text in ("After training", "Before training", "Demonstration", " Lovely coffee.", " cafe cafe the",
+                 " Warm and friendly.", "1.25"):
+        assert text in samples, text
+
+
 # --- the SFT model starts the loop ----------------------------------------------------------------------------
 
 

@@ -12,15 +12,16 @@ touches the database. Ctrl+C (or SIGTERM) once stops gracefully with a checkpoin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from training import cli
+from training import cli, launching
 from training.rlhf.rm_config import CALIBRATION_SETS
 
 # Options this command names itself (the rest come from RewardModelConfig).
-OWN_FIELDS = {"dataset", "model", "output_dir"}
+OWN_FIELDS = {"dataset", "model", "output_dir", "calibration_set"}
 
 
 def check_inputs(values: dict) -> None:
@@ -31,7 +32,8 @@ def check_inputs(values: dict) -> None:
     if values.get("tokenizer"):
         cli.check_model_reference(values["tokenizer"])
     calibration = values.get("calibration_set")
-    if calibration and calibration not in CALIBRATION_SETS and not Path(calibration).is_file():
+    if calibration and calibration not in CALIBRATION_SETS + launching.LAUNCH_CALIBRATION_SETS \
+            and not Path(calibration).is_file():
         raise CommandError(f"Calibration file not found: {calibration}")
 
 
@@ -51,9 +53,25 @@ class Command(cli.TrainCommand):
         source.add_argument("--dataset", help="Or a dataset path: snapshot directory, kwise/ directory, or one "
                                               "JSONL/Parquet file.")
         source.add_argument("--model", help="Backbone: a local checkpoint directory or a hub id.")
+        source.add_argument(
+            "--calibration-set", dest="calibration_set",
+            help="Rewards of these responses are shifted to mean 0 after training (InstructGPT §3.5). Default "
+                 "'auto': the accepted demonstrations of the snapshot's project when it has any (exported into the "
+                 "run's directory), else 'heldout' (every response of the eval split); or 'demonstrations' "
+                 "(insist on them), 'train', 'none', or a JSONL/Parquet file of prompt + response.")
 
     def new_run(self, options: dict, *, values: dict, main: bool):
         snapshot = cli.dataset_source(options, values=values)
+        if options.get("calibration_set"):
+            values["calibration_set"] = options["calibration_set"]
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            # Every process must build the same config, and only the main one may read the database: 'auto'
+            # means the held-out split here; the demonstrations need a queued run (--run-id) or a file.
+            if values.get("calibration_set") == launching.CALIBRATION_DEMONSTRATIONS:
+                raise CommandError("Under accelerate launch, calibrate on demonstrations through a queued run "
+                                   "(--run-id) or give their file as --calibration-set.")
+            if values.get("calibration_set", launching.CALIBRATION_AUTO) == launching.CALIBRATION_AUTO:
+                values["calibration_set"] = "heldout"
         if not main:
             return None, cli.unrecorded(kind="rm", values=values, out=options.get("output_dir"))
         check_inputs(values)
