@@ -529,6 +529,7 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
         save_total_limit=config.keep_checkpoints,
         seed=config.seed, data_seed=config.seed,  # held-out loss: `evaluate` above (token-weighted)
         remove_unused_columns=False, dataloader_num_workers=0, include_num_input_tokens_seen=True,
+        dataloader_pin_memory=torch.cuda.is_available() and not config.cpu,
         # gradient checkpointing is set on the model above (non-reentrant, LoRA-safe)
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_examples,
