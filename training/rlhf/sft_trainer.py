@@ -536,6 +536,10 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
                       data_collator=SFTCollator(pad_id=pad_id, packing=config.packing),
                       callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not print()
+    world = trainer.args.world_size
+    say(f"batch: {config.batch_size} × {config.gradient_accumulation_steps} accumulation × {world} process(es) = "
+        f"{config.batch_size * config.gradient_accumulation_steps * world} demonstrations per optimizer step"
+        + (", packed" if config.packing else ""))
 
     evaluation: dict[str, Any] = {"data": data_info, "prompt_format": fmt.as_dict()}
     sample_records = eval_records[:config.sample_prompts]
