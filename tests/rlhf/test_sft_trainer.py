@@ -105,7 +105,7 @@ def test_padding_and_packing_boundaries():
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]]  # positions restart per demonstration
     # the first token of the second demonstration is never a target predicted from the first one's end
     assert packed["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
-    allowed = (packed["attention_mask"][0, 0] == 0).int().tolist()
+    allowed = packed["attention_mask"][0, 0].int().tolist()
     assert allowed == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
 
 

@@ -148,3 +148,20 @@ def test_only_the_main_process_writes_to_the_database(tiny_model_dir, sft_dir, r
     with pytest.raises(CommandError, match="give --out"):
         call_command("train_sft", dataset=str(sft_dir), model=str(tiny_model_dir))
     assert not TrainingRun.objects.exists()
+
+
+def test_the_sft_model_is_the_reward_models_backbone_through_the_commands(tiny_model_dir, sft_dir, tmp_path,
+                                                                         runs_root):
+    from training import selectors
+    from training.rlhf.reward_model import RewardModel
+
+    call_command("train_sft", dataset=str(sft_dir), model=str(tiny_model_dir), **{**FAST, "sample_prompts": 0})
+    sft = TrainingRun.objects.get(kind="sft")
+    write_kwise_snapshot(tmp_path / "rankings", train=8, test=4)
+    call_command("train_rm", dataset=str(tmp_path / "rankings"), model=str(sft.output("model")), max_steps=2,
+                 batch_size=4, checkpoint_every=0, no_progress=True)
+    rm = TrainingRun.objects.get(kind="rm")
+    assert rm.status == TrainingRun.Status.SUCCEEDED and rm.config["model"] == str(sft.output("model"))
+    assert RewardModel.from_pretrained(rm.output("reward_model")) is not None
+    assert [node.label for node in selectors.lineage(run=rm).upstream][0] == str(sft)
+    assert str(rm) in [node.label for node in selectors.lineage(run=sft).downstream]

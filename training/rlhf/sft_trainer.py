@@ -161,8 +161,8 @@ def encode_demonstrations(tokenizer: Any, records: Sequence[SftRecord], *, promp
 
 class SFTCollator:
     """Examples → a batch. Padded (default): input_ids, attention_mask, labels (B, T) right-padded, labels −100
-    on padding. Packed: one row (1, ΣT_i) with position ids restarting per example and a 4-D float attention
-    mask (1, 1, ΣT, ΣT) that is causal inside each example and −inf across them, so every example sees exactly
+    on padding. Packed: one row (1, ΣT_i) with position ids restarting per example and a 4-D boolean attention
+    mask (1, 1, ΣT, ΣT) that is causal inside each example and False across them (SDPA), so every example sees exactly
     what it would see alone (checked against the padded batch in tests/rlhf/test_sft_trainer.py)."""
 
     def __init__(self, *, pad_id: int, packing: bool = False) -> None:
@@ -196,10 +196,9 @@ class SFTCollator:
         segment = torch.tensor(segments)
         total = len(ids)
         allowed = torch.tril(torch.ones(total, total, dtype=torch.bool)) & (segment[:, None] == segment[None, :])
-        mask = torch.zeros((1, 1, total, total), dtype=torch.float32)
-        mask.masked_fill_(~allowed[None, None], torch.finfo(torch.float32).min)
+        # A boolean mask (True: may attend) suits SDPA in any precision (a float one must match bf16 queries).
         return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]), "attention_mask": mask}
+                "position_ids": torch.tensor([positions]), "attention_mask": allowed[None, None]}
 
 
 # --- 5./9. evaluation -----------------------------------------------------------------------------------------
