@@ -364,6 +364,23 @@ class SFTLaunchForm(ConfigForm):
         return {"model": self.cleaned_data.get("base_model") or ""}
 
 
+def sft_train_file(snapshot: DatasetSnapshot | None) -> str | None:
+    """The train split of a JSONL demonstrations snapshot under the data root (PPO-ptx's texts: prompt +
+    response per line), else None."""
+    if snapshot is None or snapshot.kind != DatasetSnapshot.Kind.SFT:
+        return None
+    try:
+        return str(roots.resolve_inside(Path(snapshot.path) / "train.jsonl", [roots.data_root()]))
+    except roots.OutsideRoots:
+        return None
+
+
+def sft_ptx_choices() -> list[tuple[str, str]]:
+    """PPO-ptx on the SFT data: every demonstrations snapshot's train split the data root holds."""
+    found = ((sft_train_file(s), s) for s in snapshot_queryset(kind=DatasetSnapshot.Kind.SFT))
+    return [(path, f"demonstrations: {snapshot_label(s)}") for path, s in found if path]
+
+
 def _data_file_choices(*, blank: str) -> list[tuple[str, str]]:
     return [("", blank), *[(path, label) for path, label in data_choices() if not Path(path).is_dir()]]
 
@@ -405,7 +422,8 @@ class PPOLaunchForm(ConfigForm):
     )
     ptx_file = RootPathChoiceField(
         allowed_roots=lambda: [roots.data_root()], required=False, label="Pre-training texts (PPO-ptx)",
-        help_text="Texts for the PPO-ptx loss, used when ptx coef > 0.",
+        help_text="Texts for the PPO-ptx loss, used when ptx coef > 0: a file under the data root, or the "
+                  "demonstrations of an SFT snapshot (prompt + response).",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -423,7 +441,7 @@ class PPOLaunchForm(ConfigForm):
         self.fields["prompt_project"].queryset = project_queryset()
         self.fields["prompt_file"].choices = _data_file_choices(blank="— none —")
         self.fields["eval_prompt_file"].choices = _data_file_choices(blank="hold out a fraction of the prompts")
-        self.fields["ptx_file"].choices = _data_file_choices(blank="— none —")
+        self.fields["ptx_file"].choices = [*_data_file_choices(blank="— none —"), *sft_ptx_choices()]
 
     def managed_values(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -269,11 +269,16 @@ def compare(request: HttpRequest) -> HttpResponse:
 # --- Launch ------------------------------------------------------------------------------------------------
 
 
-def _sft_model(request: HttpRequest) -> str | None:
-    """`?sft_run=N`: the model that SFT run N saved (the SFT run page's "train PPO / an RM / a round from it")."""
+def _sft_run(request: HttpRequest) -> TrainingRun | None:
+    """`?sft_run=N`: SFT run N when it succeeded (the SFT run page's "train PPO / an RM / a round from it")."""
     run_id = _int_or_none(request.GET.get("sft_run"))
-    run = TrainingRun.objects.filter(pk=run_id, kind=TrainingRun.Kind.SFT,
-                                     status=TrainingRun.Status.SUCCEEDED).first() if run_id else None
+    return TrainingRun.objects.filter(pk=run_id, kind=TrainingRun.Kind.SFT, status=TrainingRun.Status.SUCCEEDED
+                                      ).select_related("snapshot").first() if run_id else None
+
+
+def _sft_model(request: HttpRequest) -> str | None:
+    """The model that `?sft_run=N` saved."""
+    run = _sft_run(request)
     model = run.output("model") if run is not None else None
     return str(model) if model is not None else None
 
@@ -340,6 +345,8 @@ def launch_ppo(request: HttpRequest) -> HttpResponse:
         initial["reward_model_run"] = rm_id
     if sft_model := _sft_model(request):
         initial["policy_model"] = sft_model
+        if ptx := launch_forms.sft_train_file(_sft_run(request).snapshot):  # PPO-ptx on its demonstrations
+            initial["ptx_file"] = ptx
     initial.update(_again(request, kind="ppo", form_class=launch_forms.PPOLaunchForm))
     form = launch_forms.PPOLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():

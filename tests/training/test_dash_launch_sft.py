@@ -187,12 +187,19 @@ def test_ppo_from_the_sft_model_records_it_as_policy_and_shows_the_lineage(staff
     form = staff_client.get(f"/dashboard/launch/ppo/?sft_run={sft_run.pk}").context["form"]
     model = str(sft_run.output("model"))
     assert form.initial["policy_model"] == model
+    train_file = str(Path(sft_run.snapshot.path) / "train.jsonl")
+    assert form.initial["ptx_file"] == train_file  # PPO-ptx can take the SFT data
+    assert train_file in dict(form.fields["ptx_file"].choices)
     data = form_data(form, reward_model_run=world["rm"].pk, prompt_project=world["project"].pk, iterations=2,
-                     rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2)
+                     rollout_batch_size=8, mini_batch_size=4, micro_batch_size=2, ptx_coef="0.5")
     response = staff_client.post("/dashboard/launch/ppo/", data)
     assert response.status_code == 302, response.context["form"].errors
     ppo = TrainingRun.objects.get(kind="ppo", status="queued")
     assert ppo.config["policy"] == model  # the policy, and the frozen reference PPO copies from it
+    assert ppo.config["ptx_dataset"] == train_file and ppo.config["ptx_coef"] == 0.5
+    from training.rlhf.prompts import load_texts
+
+    assert len(load_texts(train_file)) == 4  # what PPO-ptx reads: prompt + response per demonstration
     upstream = [node.label for node in selectors.lineage(run=ppo).upstream]
     assert upstream[0] == str(sft_run) and str(world["rm"]) in upstream
     assert str(ppo) in [node.label for node in selectors.lineage(run=sft_run).downstream]
