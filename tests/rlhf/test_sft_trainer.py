@@ -221,20 +221,24 @@ def test_a_few_steps_lower_the_heldout_loss_and_save_a_loadable_model(tiny_model
 def test_graceful_stop_writes_a_checkpoint_and_resume_continues(random_lm_dir, demo_sft_dir, tmp_path):
     out = tmp_path / "out"
     stopping = RecordingReporter(stop_after=2)
-    first = train_sft(config_for(random_lm_dir, demo_sft_dir, out, max_steps=5, sample_prompts=0),
+    first = train_sft(config_for(random_lm_dir, demo_sft_dir, out, max_steps=5, sample_prompts=2),
                       reporter=stopping)
     assert first.stopped and first.steps == 2 and first.model_dir is None
     assert first.checkpoint is not None and first.checkpoint.name == "checkpoint-2"
     assert [step for step, _ in stopping.checkpoints] == [2] and stopping.outputs == []
 
     resumed = RecordingReporter()
-    second = train_sft(config_for(random_lm_dir, demo_sft_dir, out, max_steps=5, sample_prompts=0,
+    second = train_sft(config_for(random_lm_dir, demo_sft_dir, out, max_steps=5, sample_prompts=2,
                                   resume="last"), reporter=resumed)
     assert not second.stopped and second.steps == 5 and resumed.starts == [(5, 2)]
     assert resumed.train_steps() == [3, 4, 5]
     # the "before" figures of the first start are kept (not re-measured on the half-trained model)
     assert second.evaluation["before"]["loss"] == pytest.approx(first_before_loss(out))
     assert (second.model_dir / "model.safetensors").exists()
+    # the before/after table still shows what the start model wrote
+    before_texts = json.loads((out / "evaluation_before.json").read_text())["samples_before"]
+    assert [row["before"] for row in resumed.samples[5]] == before_texts and len(before_texts) == 2
+    assert "samples_before" not in second.evaluation
 
 
 def first_before_loss(out):

@@ -46,6 +46,7 @@ MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 SFT_INFO_FILE = "sft.json"  # in the saved model's directory: its prompt format, data and evaluation
 EVALUATION_FILE = "evaluation.json"
+BEFORE_FILE = "evaluation_before.json"  # the start model's figures and samples, read back on a resume
 IGNORE_INDEX = -100
 
 
@@ -554,9 +555,12 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
                                               temperature=config.sample_temperature, seed=config.seed)
             evaluation.setdefault("before", {})["samples"] = sample_report(sample_records, before_samples)
         if main and evaluation.get("before"):
-            (out / "evaluation_before.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-    elif (out / "evaluation_before.json").exists():
-        evaluation = json.loads((out / "evaluation_before.json").read_text(encoding="utf-8"))
+            # kept for a resumed run, whose model is no longer the one it started from
+            before = {**evaluation, "samples_before": before_samples}
+            (out / BEFORE_FILE).write_text(json.dumps(before, indent=2) + "\n", encoding="utf-8")
+    elif (out / BEFORE_FILE).exists():
+        evaluation = json.loads((out / BEFORE_FILE).read_text(encoding="utf-8"))
+        before_samples = evaluation.pop("samples_before", [])
     elif config.resume == "last":
         say("no checkpoint to resume from; starting fresh")
 
