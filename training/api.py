@@ -151,8 +151,34 @@ def _launch_failed(form, exc: launching.LaunchError) -> Response:
     return _form_errors(form)
 
 
-def _launched(run: TrainingRun) -> Response:
+def _launch(request: Request, form_class, *, kind: str, sources, initial_from: tuple[str, ...] = ()) -> Response:
+    """The dashboard's launch form on the JSON body: 201 with the queued run, or 400 naming the fields.
+    `sources(cleaned_data, form)` gives the kind's inputs for the run pipeline; options left out take the
+    form's defaults as a form started from the request's `initial_from` fields would show them."""
+    defaults = form_class(initial={name: request.data.get(name) for name in initial_from})
+    form = form_class(data=launch_forms.api_form_data(defaults, request.data))
+    if not form.is_valid():
+        return _form_errors(form)
+    data = form.cleaned_data
+    try:
+        run = launching.launch_run(kind=kind, options=form.options, name=data.get("name", ""),
+                                   created_by=request.user, **sources(data, form))
+    except launching.LaunchError as exc:
+        return _launch_failed(form, exc)
     return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(
+    request=OpenApiTypes.OBJECT, responses={201: RunDetailSerializer},
+    description="Fields as on the dashboard's form: `snapshot` (the id of a demonstrations snapshot; its prompt "
+                "format is used), `base_model` (a model directory under the model roots), `name`, and any SFTConfig "
+                "option by name.",
+)
+@api_view(["POST"])
+@permission_classes(STAFF)
+def launch_sft(request: Request) -> Response:
+    return _launch(request, launch_forms.SFTLaunchForm, kind="sft",
+                   sources=lambda data, form: {"snapshot": data["snapshot"]})
 
 
 @extend_schema(
@@ -165,20 +191,10 @@ def _launched(run: TrainingRun) -> Response:
 @permission_classes(STAFF)
 def launch_rm(request: Request) -> Response:
     # options left out take the form's defaults, the prompt format that of the chosen snapshot or project
-    sources = {name: request.data.get(name) for name in ("snapshot", "project")}
-    defaults = launch_forms.RMLaunchForm(initial=sources)
-    form = launch_forms.RMLaunchForm(data=launch_forms.api_form_data(defaults, request.data))
-    if not form.is_valid():
-        return _form_errors(form)
-    data = form.cleaned_data
-    try:
-        run = launching.launch_run(
-            kind="rm", options=form.options, snapshot=data.get("snapshot"), export_project=data.get("project"),
-            export_options=form.export_options(), name=data.get("name", ""), created_by=request.user,
-        )
-    except launching.LaunchError as exc:
-        return _launch_failed(form, exc)
-    return _launched(run)
+    return _launch(request, launch_forms.RMLaunchForm, kind="rm", sources=lambda data, form: {
+        "snapshot": data.get("snapshot"), "export_project": data.get("project"),
+        "export_options": form.export_options()},
+                   initial_from=("snapshot", "project"))
 
 
 @extend_schema(
@@ -191,20 +207,9 @@ def launch_rm(request: Request) -> Response:
 @permission_classes(STAFF)
 def launch_ppo(request: Request) -> Response:
     # options left out take the form's defaults, the prompt format that of the chosen reward-model run
-    sources = {name: request.data.get(name) for name in ("reward_model_run", "prompt_project")}
-    defaults = launch_forms.PPOLaunchForm(initial=sources)
-    form = launch_forms.PPOLaunchForm(data=launch_forms.api_form_data(defaults, request.data))
-    if not form.is_valid():
-        return _form_errors(form)
-    data = form.cleaned_data
-    try:
-        run = launching.launch_run(
-            kind="ppo", options=form.options, reward_model_run=data["reward_model_run"],
-            prompt_project=data.get("prompt_project"), name=data.get("name", ""), created_by=request.user,
-        )
-    except launching.LaunchError as exc:
-        return _launch_failed(form, exc)
-    return _launched(run)
+    return _launch(request, launch_forms.PPOLaunchForm, kind="ppo", sources=lambda data, form: {
+        "reward_model_run": data["reward_model_run"], "prompt_project": data.get("prompt_project")},
+                   initial_from=("reward_model_run", "prompt_project"))
 
 
 @extend_schema(request=None, responses={200: RunDetailSerializer, 409: OpenApiTypes.OBJECT})
@@ -239,7 +244,7 @@ def resume_run(request: Request, run_id: int) -> Response:
         return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if already:
         return Response(RunDetailSerializer(new_run).data)
-    return _launched(new_run)
+    return Response(RunDetailSerializer(new_run).data, status=status.HTTP_201_CREATED)
 
 
 @extend_schema(

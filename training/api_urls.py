@@ -8,6 +8,7 @@ from training import api
 
 urlpatterns = [
     path("runs/", login_not_required(api.RunList.as_view()), name="api-runs"),
+    path("runs/sft/", login_not_required(api.launch_sft), name="api-launch-sft"),
     path("runs/rm/", login_not_required(api.launch_rm), name="api-launch-rm"),
     path("runs/ppo/", login_not_required(api.launch_ppo), name="api-launch-ppo"),
     path("runs/<int:run_id>/", login_not_required(api.RunDetail.as_view()), name="api-run"),

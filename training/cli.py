@@ -53,6 +53,47 @@ def default_prompt_format(values: dict[str, Any], *, kind: str, reward_model: st
         values["prompt_format"], values["system_prompt"] = recorded.kind, recorded.system_prompt
 
 
+def resolve_snapshot(value: str):
+    """A DatasetSnapshot by primary key or by (a unique prefix of, ≥ 6 characters) its content hash."""
+    from annotate.models import DatasetSnapshot
+
+    value = value.strip()
+    if value.isdigit():
+        snapshot = DatasetSnapshot.objects.filter(pk=int(value)).first()
+        if snapshot is None:
+            raise CommandError(f"No dataset snapshot with id {value}.")
+        return snapshot
+    if len(value) < 6 or not re.fullmatch(r"[0-9a-fA-F]+", value):
+        raise CommandError(f"--snapshot takes a snapshot id or at least 6 hex digits of its hash, got {value!r}.")
+    matches = list(DatasetSnapshot.objects.filter(content_hash__startswith=value.lower()).order_by("-created_at"))
+    if not matches:
+        raise CommandError(f"No dataset snapshot whose hash starts with {value}.")
+    if len({s.content_hash for s in matches}) > 1:
+        raise CommandError(f"{value} matches {len({s.content_hash for s in matches})} different snapshots; give "
+                           "more of the hash or the snapshot id.")
+    on_disk = [s for s in matches if Path(s.path).exists()]
+    return (on_disk or matches)[0]
+
+
+def dataset_source(options: dict[str, Any], *, values: dict[str, Any]):
+    """`--snapshot` (returned, its path put in `values["dataset"]`) or `--dataset PATH`, exactly one; and
+    `--model`. The snapshot's kind is checked by the run pipeline (a rankings snapshot trains an RM only)."""
+    snapshot = None
+    if options.get("snapshot") and options.get("dataset"):
+        raise CommandError("Give --snapshot or --dataset, not both.")
+    if options.get("snapshot"):
+        snapshot = resolve_snapshot(options["snapshot"])
+        values["dataset"] = snapshot.path
+    elif options.get("dataset"):
+        values["dataset"] = options["dataset"]
+    else:
+        raise CommandError("Give --snapshot ID_OR_HASH or --dataset PATH (or --run-id N).")
+    if not options.get("model"):
+        raise CommandError("--model is required (a local checkpoint directory or a hub id).")
+    values["model"] = options["model"]
+    return snapshot
+
+
 def launch_error(exc: launching.LaunchError) -> CommandError:
     """A refused launch as the command reports it: the option's flag, then the reason."""
     if exc.field:
@@ -121,6 +162,16 @@ class TrainCommand(BaseCommand):
 
     def report(self, run: TrainingRun) -> None:
         raise NotImplementedError
+
+    def report_stopped(self, run: TrainingRun) -> bool:
+        """The closing line of a run stopped on request (True), where its checkpoint is; else False."""
+        if run.status != TrainingRun.Status.CANCELLED:
+            return False
+        self.stdout.write(self.style.WARNING(
+            f"{run} stopped on request at step {run.summary.get('step', '?')}; resume it from its run page. Its "
+            f"checkpoint is in {Path(run.output_dir) / 'checkpoints'}."
+        ))
+        return True
 
     def add_arguments(self, parser):
         source = parser.add_argument_group("what to train")

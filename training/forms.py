@@ -1,6 +1,6 @@
 """Launch forms, generated from the trainers' config dataclasses.
 
-Every option of `RewardModelConfig` / `PPOConfig` becomes a form field with the dataclass default as its
+Every option of `SFTConfig` / `RewardModelConfig` / `PPOConfig` becomes a form field with the dataclass default as its
 initial value, the field's help text, its type (bool → checkbox, int/float → number, choices → select,
 lists → comma-separated text) and `None` for an empty optional value. Validation is the dataclass's own.
 
@@ -21,11 +21,12 @@ from django import forms
 
 from annotate.models import DatasetSnapshot, Project
 from training import roots, selectors
-from training.launching import LaunchError, source_prompt_format
+from training.launching import CALIBRATION_AUTO, LAUNCH_CALIBRATION_SETS, LaunchError, source_prompt_format
 from training.models import TrainingRun
 from training.rlhf.configs import describe_fields
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.rm_config import CALIBRATION_SETS, RewardModelConfig
+from training.rlhf.sft_config import SFTConfig
 
 # --- Field generation --------------------------------------------------------------------------------------
 
@@ -200,14 +201,18 @@ class RootPathChoiceField(forms.ChoiceField):
             raise forms.ValidationError(str(exc)) from exc
 
 
-def snapshot_queryset():
-    return DatasetSnapshot.objects.select_related("project").order_by("-created_at")
+def snapshot_queryset(*, kind: str):
+    """The snapshots one trainer takes: rankings for the RM, demonstrations (sft) for SFT."""
+    return DatasetSnapshot.objects.filter(kind=kind).select_related("project").order_by("-created_at")
 
 
 def snapshot_label(snapshot: DatasetSnapshot) -> str:
     """A snapshot by its name (its directory), project, size and date — not its content hash."""
     counts = snapshot.counts or {}
     size = ", ".join(f"{counts[key]} {key}" for key in ("rankings", "pairs") if key in counts)
+    if snapshot.kind == DatasetSnapshot.Kind.SFT:
+        demonstrations = sum(counts.get(key, 0) for key in ("train", "test") if isinstance(counts.get(key), int))
+        size = f"{demonstrations} demonstrations" if demonstrations else ""
     return (f"{Path(snapshot.path).name} · {snapshot.project}" + (f" · {size}" if size else "")
             + f" · {snapshot.created_at:%Y-%m-%d %H:%M}")
 
@@ -260,6 +265,10 @@ def prompt_format_initial(*, snapshot: Any = None, project: Any = None, reward_m
 # --- The launch forms --------------------------------------------------------------------------------------
 
 
+# Runs whose model can generate: the SFT model (the start of the loop) and PPO policies (its later rounds).
+POLICY_RUN_KINDS = (TrainingRun.Kind.SFT, TrainingRun.Kind.PPO)
+
+
 def _allowed_model_roots() -> list[Path]:
     return [*roots.model_roots(), roots.runs_root()]
 
@@ -304,23 +313,29 @@ class RMLaunchForm(ConfigForm):
         help_text="The backbone to start from: a model directory under the configured model roots.",
     )
     calibration = RootPathChoiceField(
-        allowed_roots=lambda: [roots.data_root()], keywords=CALIBRATION_SETS, required=False,
-        label="Calibration set",
-        help_text="Rewards on these responses are shifted to mean 0 after training: the held-out split, the "
-                  "training split, none, or a file of prompt + response records under the data root.",
+        allowed_roots=lambda: [roots.data_root()], keywords=CALIBRATION_SETS + LAUNCH_CALIBRATION_SETS,
+        required=False, label="Calibration set",
+        help_text="Rewards on these responses are shifted to mean 0 after training (InstructGPT §3.5: the "
+                  "labelers' demonstrations score 0 on average): by default the project's accepted "
+                  "demonstrations when it has any, else the held-out split; or the held-out split, the training "
+                  "split, none, or a file of prompt + response records under the data root.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["snapshot"].queryset = snapshot_queryset()
+        self.fields["snapshot"].queryset = snapshot_queryset(kind=DatasetSnapshot.Kind.RANKINGS)
         self.fields["snapshot"].label_from_instance = snapshot_label
         self.fields["project"].queryset = project_queryset()
-        self.fields["base_model"].choices = [("", "— choose a model —"), *model_choices()]
+        self.fields["base_model"].choices = [
+            ("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.SFT,)),
+        ]
         self.fields["calibration"].choices = [
+            (CALIBRATION_AUTO, "the project's accepted demonstrations if any, else the held-out split"),
+            ("demonstrations", "the project's accepted demonstrations"),
             ("heldout", "held-out split"), ("train", "training split"), ("none", "none (no calibration)"),
             *[(path, f"file: {label}") for path, label in data_choices() if not Path(path).is_dir()],
         ]
-        self.fields["calibration"].initial = "heldout"
+        self.fields["calibration"].initial = CALIBRATION_AUTO
         self._initial_format(prompt_format_initial(snapshot=self.initial.get("snapshot"),
                                                    project=self.initial.get("project")))
 
@@ -338,7 +353,61 @@ class RMLaunchForm(ConfigForm):
         if bool(data.get("snapshot")) == bool(data.get("project")):
             self.add_error("snapshot", "Choose a snapshot, or a project to export now (not both).")
         # The dataset is the snapshot's (or the one exported at launch): the pipeline fills it in.
-        return {"model": data.get("base_model") or "", "calibration_set": data.get("calibration") or "heldout"}
+        return {"model": data.get("base_model") or "", "calibration_set": data.get("calibration") or CALIBRATION_AUTO}
+
+
+class SFTLaunchForm(ConfigForm):
+    """Fine-tune a model on a demonstrations (SFT) snapshot; the prompt format is the snapshot's."""
+
+    config_class = SFTConfig
+    managed_fields = ("model", "dataset", "output_dir", "resume", "tokenizer", "prompt_format", "system_prompt")
+    option_fields = {"model": "base_model", "dataset": "snapshot", "prompt_format": "snapshot",
+                     "system_prompt": "snapshot"}
+    primary_fields = (
+        "epochs", "max_steps", "learning_rate", "batch_size", "max_length", "packing", "lora", "checkpoint_every",
+        "seed",
+    )
+
+    name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
+    snapshot = forms.ModelChoiceField(
+        queryset=DatasetSnapshot.objects.none(), label="Demonstrations",
+        help_text="A demonstrations snapshot exported earlier (export_demonstrations); the run uses its prompt "
+                  "format (plain text or the chat template, as the project declares).",
+    )
+    base_model = RootPathChoiceField(
+        allowed_roots=_allowed_model_roots, label="Pre-trained model",
+        help_text="The model to fine-tune: a model directory under the configured model roots (or a finished "
+                  "SFT run's model, to fine-tune it further).",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["snapshot"].queryset = snapshot_queryset(kind=DatasetSnapshot.Kind.SFT)
+        self.fields["snapshot"].label_from_instance = snapshot_label
+        self.fields["base_model"].choices = [
+            ("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.SFT,)),
+        ]
+
+    def managed_values(self) -> dict[str, Any]:
+        # The dataset and the prompt format are the snapshot's: the pipeline fills them in.
+        return {"model": self.cleaned_data.get("base_model") or ""}
+
+
+def sft_train_file(snapshot: DatasetSnapshot | None) -> str | None:
+    """The train split of a JSONL demonstrations snapshot under the data root (PPO-ptx's texts: prompt +
+    response per line), else None."""
+    if snapshot is None or snapshot.kind != DatasetSnapshot.Kind.SFT:
+        return None
+    try:
+        return str(roots.resolve_inside(Path(snapshot.path) / "train.jsonl", [roots.data_root()]))
+    except roots.OutsideRoots:
+        return None
+
+
+def sft_ptx_choices() -> list[tuple[str, str]]:
+    """PPO-ptx on the SFT data: every demonstrations snapshot's train split the data root holds."""
+    found = ((sft_train_file(s), s) for s in snapshot_queryset(kind=DatasetSnapshot.Kind.SFT))
+    return [(path, f"demonstrations: {snapshot_label(s)}") for path, s in found if path]
 
 
 def _data_file_choices(*, blank: str) -> list[tuple[str, str]]:
@@ -361,8 +430,9 @@ class PPOLaunchForm(ConfigForm):
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
     policy_model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Policy",
-        help_text="The policy to start from (the SFT model): a model under the model roots, or the final policy "
-                  "of a finished PPO run (to continue the loop).",
+        help_text="The policy to start from, also the frozen reference of the KL penalty: a finished SFT run's "
+                  "model (the start of the loop), a model under the model roots, or the final policy of a finished "
+                  "PPO run (to continue the loop).",
     )
     reward_model_run = forms.ModelChoiceField(
         queryset=TrainingRun.objects.none(), label="Reward model",
@@ -382,13 +452,14 @@ class PPOLaunchForm(ConfigForm):
     )
     ptx_file = RootPathChoiceField(
         allowed_roots=lambda: [roots.data_root()], required=False, label="Pre-training texts (PPO-ptx)",
-        help_text="Texts for the PPO-ptx loss, used when ptx coef > 0.",
+        help_text="Texts for the PPO-ptx loss, used when ptx coef > 0: a file under the data root, or the "
+                  "demonstrations of an SFT snapshot (prompt + response).",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["policy_model"].choices = [
-            ("", "— choose a policy —"), *model_choices(include_runs=(TrainingRun.Kind.PPO,)),
+            ("", "— choose a policy —"), *model_choices(include_runs=POLICY_RUN_KINDS),
         ]
         self.fields["reward_model_run"].queryset = TrainingRun.objects.filter(
             kind=TrainingRun.Kind.RM, status=TrainingRun.Status.SUCCEEDED
@@ -400,7 +471,7 @@ class PPOLaunchForm(ConfigForm):
         self.fields["prompt_project"].queryset = project_queryset()
         self.fields["prompt_file"].choices = _data_file_choices(blank="— none —")
         self.fields["eval_prompt_file"].choices = _data_file_choices(blank="hold out a fraction of the prompts")
-        self.fields["ptx_file"].choices = _data_file_choices(blank="— none —")
+        self.fields["ptx_file"].choices = [*_data_file_choices(blank="— none —"), *sft_ptx_choices()]
         self._initial_format(prompt_format_initial(reward_model_run=self.initial.get("reward_model_run"),
                                                    project=self.initial.get("prompt_project")))
 
@@ -422,7 +493,8 @@ class NewRoundForm(forms.Form):
     project = forms.ModelChoiceField(queryset=Project.objects.none(), help_text="The project to add a round to.")
     model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Policy",
-        help_text="The policy to sample from: a finished PPO run's policy or a model under the model roots.",
+        help_text="The policy to sample from: a finished SFT run's model or PPO run's policy, or a model under "
+                  "the model roots.",
     )
     k = forms.IntegerField(min_value=4, max_value=9, initial=4, label="K (responses per prompt)",
                            help_text="Within the project's K range.")
@@ -448,7 +520,7 @@ class NewRoundForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.run = run
         self.fields["project"].queryset = project_queryset()
-        choices = model_choices(include_runs=(TrainingRun.Kind.PPO,))
+        choices = model_choices(include_runs=POLICY_RUN_KINDS)
         self.fields["model"].choices = [("", "— choose a policy —"), *choices]
         self.fields["baseline_model"].choices = [("", "— none —"), *choices]
         if run is not None:
@@ -483,7 +555,8 @@ class SampleResponsesForm(forms.Form):
 
     model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Model",
-        help_text="The model to sample from: a model under the model roots or a finished PPO run's policy.",
+        help_text="The model to sample from: a model under the model roots, a finished SFT run's model or a "
+                  "PPO run's policy.",
     )
     k = forms.IntegerField(min_value=4, max_value=9, label="K (responses per prompt)",
                            help_text="Within the project's K range; prompts short of K are topped up.")
@@ -497,7 +570,7 @@ class SampleResponsesForm(forms.Form):
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.project = project
-        self.fields["model"].choices = [("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.PPO,))]
+        self.fields["model"].choices = [("", "— choose a model —"), *model_choices(include_runs=POLICY_RUN_KINDS)]
         self.fields["k"].initial = project.k_min
 
     def clean_k(self) -> int:

@@ -2,7 +2,8 @@
 a resume or retry — comes through `launch_run` (queued for a worker) or `record_run` (recorded, then trained
 in the calling process by a command). One pass, in this order:
 
-1. the kind's inputs (`INPUTS`): RM — a recorded snapshot, or a project exported now (a new snapshot), or a
+1. the kind's inputs (`INPUTS`): SFT — a recorded demonstrations snapshot or a dataset path (the prompt format
+   taken from its manifest); RM — a recorded rankings snapshot, or a project exported now (a new snapshot), or a
    dataset path;
    PPO — the reward model a succeeded RM run reported (`outputs["reward_model"]`), and prompts from a file or
    a project (exported by `annotate.services.exporting.export_prompts` into the run's directory);
@@ -31,13 +32,17 @@ from training.logs import run_log_path
 from training.models import TrainingRun
 from training.rlhf.configs import ConfigError, config_to_dict
 from training.runkinds import run_kind
-from training.selectors import find_reward_model_run
+from training.selectors import CALIBRATION_DEMONSTRATIONS_FILE, find_reward_model_run
 from training.services import create_run, output_dir_of, request_cancel
 from training.tasks import execute_training_run
 
 logger = logging.getLogger("training.launching")
 
 PROMPTS_FILE = "prompts.jsonl"
+# Launch-level calibration choices for a reward model, resolved here into a file or the config's "heldout".
+CALIBRATION_AUTO = "auto"
+CALIBRATION_DEMONSTRATIONS = "demonstrations"
+LAUNCH_CALIBRATION_SETS = (CALIBRATION_AUTO, CALIBRATION_DEMONSTRATIONS)
 
 
 class LaunchError(ValueError):
@@ -56,8 +61,57 @@ class RunConflict(LaunchError):
 # --- 1. inputs, per kind ---------------------------------------------------------------------------------
 
 
+def _check_snapshot_kind(snapshot, *, kind: str, trainer: str) -> None:
+    """A ranking snapshot trains a reward model, an SFT snapshot the SFT model; the other way round is refused."""
+    if snapshot is not None and snapshot.kind != kind:
+        raise LaunchError(f"Snapshot {snapshot.pk} ({Path(snapshot.path).name}) holds {snapshot.get_kind_display()}"
+                          f"; {trainer} needs a {'rankings' if kind == 'rankings' else 'demonstrations (SFT)'} "
+                          "snapshot.", field="snapshot")
+
+
+def _sft_inputs(*, options: dict[str, Any], snapshot=None, project=None, **_: Any) -> dict[str, Any]:
+    """SFT: a recorded demonstrations snapshot or a dataset path. The prompt format is the data's (its
+    manifest's, written from the project's) unless the launch names one; a format that contradicts the
+    snapshot's is refused (the SFT model's format is the one every later stage must use)."""
+    from training.rlhf.chat_format import PromptFormat, PromptFormatError
+    from training.rlhf.data import DatasetError
+    from training.rlhf.sft_data import read_sft_manifest
+
+    if snapshot is None and not options.get("dataset"):
+        raise LaunchError("Choose a demonstrations (SFT) snapshot, or a dataset path.", field="snapshot")
+    _check_snapshot_kind(snapshot, kind="sft", trainer="SFT")
+    dataset = snapshot.path if snapshot is not None else options["dataset"]
+    config: dict[str, Any] = {"dataset": dataset} if snapshot is not None else {}
+    try:
+        declared = (read_sft_manifest(dataset) or {}).get("prompt_format") if Path(dataset).exists() else None
+    except DatasetError as exc:
+        raise LaunchError(str(exc), field="snapshot" if snapshot is not None else "dataset") from exc
+    if isinstance(declared, dict) and declared.get("format"):
+        try:
+            data_format = PromptFormat(kind=str(declared["format"]),
+                                       system_prompt=str(declared.get("system_prompt") or ""))
+        except PromptFormatError as exc:
+            raise LaunchError(f"{dataset}: manifest prompt_format: {exc}", field="prompt_format") from exc
+        if options.get("prompt_format") is None and options.get("system_prompt") is None:
+            config.update(prompt_format=data_format.kind, system_prompt=data_format.system_prompt)
+        else:  # what the launch names, the rest as the data says
+            kind = options.get("prompt_format") or data_format.kind
+            system = data_format.system_prompt if kind == data_format.kind else ""
+            try:
+                asked = PromptFormat(kind=kind, system_prompt=options.get("system_prompt", system) or "")
+            except PromptFormatError as exc:
+                raise LaunchError(str(exc), field="system_prompt") from exc
+            if asked != data_format:
+                raise LaunchError(f"The demonstrations were written for {data_format.describe()}, but this run "
+                                  f"asks for {asked.describe()}; leave the prompt format to the data (or export "
+                                  "them again after changing the project's format).", field="prompt_format")
+    return {"config": config, "snapshot": snapshot,
+            "project": snapshot.project if snapshot is not None else project}
+
+
 def _rm_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, export_options=None, project=None,
                created_by=None, written: list[Path], **_: Any) -> dict[str, Any]:
+    _check_snapshot_kind(snapshot, kind="rankings", trainer="a reward model")
     sources = (snapshot is not None) + (export_project is not None)
     if sources > 1 or (sources == 0 and not options.get("dataset")):
         raise LaunchError("Choose a snapshot, or a project to export now (not both).", field="snapshot")
@@ -74,8 +128,52 @@ def _rm_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, e
             raise LaunchError(str(exc)) from exc
         written.append(Path(snapshot.path))
     if snapshot is not None:
-        return {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
-    return {"config": {}, "project": project}
+        inputs = {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
+    else:
+        inputs = {"config": {}, "project": project}
+    return _rm_calibration(options=options, inputs=inputs)
+
+
+def _rm_calibration(*, options: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """The RM's calibration set (InstructGPT §3.5: a bias so that the labelers' demonstrations score 0 on
+    average). A launch that names no set, or "auto", calibrates on the project's accepted demonstrations when it
+    has any (exported into the run's directory, see `_create`), else on the held-out split; "demonstrations"
+    insists on them. Any other value (heldout, train, none, a file) is the config's own."""
+    asked = options.get("calibration_set")
+    if asked not in (None, CALIBRATION_AUTO, CALIBRATION_DEMONSTRATIONS):
+        return inputs
+    project = inputs.get("project")
+    if project is not None and accepted_demonstrations(project=project) > 0:
+        inputs["calibration_project"] = project
+    elif asked == CALIBRATION_DEMONSTRATIONS:
+        raise LaunchError(f"{'Project ' + repr(project.name) if project else 'This launch names no project; it'} "
+                          "has no accepted demonstrations to calibrate on; choose another calibration set.",
+                          field="calibration_set")
+    else:
+        inputs["config"]["calibration_set"] = "heldout"
+    return inputs
+
+
+def accepted_demonstrations(*, project) -> int:
+    from annotate.models import Demonstration
+
+    return Demonstration.objects.filter(prompt__project=project, status=Demonstration.Status.ACCEPTED).count()
+
+
+def export_calibration_demonstrations(*, project, path: Path) -> Path:
+    """The project's accepted demonstrations as prompt + response JSON lines (what the RM's calibration reads),
+    through the SFT export's record builder (one definition of which demonstrations count)."""
+    import json
+
+    from annotate.services.export_sft import build_sft_records
+
+    records = build_sft_records(project=project, test_fraction=0.0, seed=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for split in ("train", "test"):
+            for row in records.rows[split]:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def _ppo_inputs(*, options: dict[str, Any], reward_model_run=None, prompt_project=None, project=None,
@@ -140,7 +238,7 @@ def _check_rm_format(*, options: dict[str, Any], reward_model_run: TrainingRun) 
         raise LaunchError(str(exc), field="prompt_format") from exc
 
 
-INPUTS = {"rm": _rm_inputs, "ppo": _ppo_inputs}
+INPUTS = {"sft": _sft_inputs, "rm": _rm_inputs, "ppo": _ppo_inputs}
 
 
 # --- 2–4. the run, its directory, its config, the queue ---------------------------------------------------
@@ -178,6 +276,11 @@ def _create(*, kind: str, options: dict[str, Any], name: str = "", created_by=No
                     raise LaunchError(str(exc), field="prompt_project") from exc
                 written.append(path)
                 values["prompts"] = str(path)
+            if inputs.get("calibration_project") is not None:
+                path = export_calibration_demonstrations(project=inputs["calibration_project"],
+                                                         path=out / CALIBRATION_DEMONSTRATIONS_FILE)
+                written.append(path)
+                values["calibration_set"] = str(path)
             config = build_config(kind=kind, values=values)
             run.config = config_to_dict(config)
             run.output_dir = str(out)

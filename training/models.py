@@ -9,6 +9,7 @@ from django.utils import timezone
 
 class TrainingRun(models.Model):
     class Kind(models.TextChoices):
+        SFT = "sft", "SFT"
         RM = "rm", "Reward model"
         PPO = "ppo", "PPO"
 

@@ -1,6 +1,6 @@
 """The registry of run kinds: for each kind of training run, its config dataclass, its trainer, the command the
-worker runs it with, and the output a later stage takes from it. Adding a kind (e.g. `sft`) is one entry here
-(plus its value in `TrainingRun.Kind`); nothing else branches on the kind to find these.
+worker runs it with, and the output a later stage takes from it. Adding a kind is one entry here (plus its value
+in `TrainingRun.Kind` and its inputs in `launching.INPUTS`); nothing else branches on the kind to find these.
 
 A leaf module: the configs are plain dataclasses; the trainers (torch) are imported only when a run executes.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from training.rlhf.ppo_config import PPOConfig
 from training.rlhf.rm_config import RewardModelConfig
+from training.rlhf.sft_config import SFTConfig
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class RunKind:
     config_class: type
     trainer: str  # "module:function", called as function(config, reporter=…) -> a result with `.stopped`
     command: str  # the manage.py command that executes a queued run (`<command> --run-id N`)
-    model_output: str  # the key of `TrainingRun.outputs` that a later stage uses (RM → PPO, PPO → new round)
+    model_output: str  # the key of `TrainingRun.outputs` a later stage uses (SFT → RM/PPO, RM → PPO, PPO → round)
     progress_unit: str  # what one step of `on_start(total_steps=…)` counts, for the progress bar
     progress_keys: tuple[str, ...]  # metrics shown beside the progress bar (their presence advances it)
 
@@ -33,6 +34,10 @@ class RunKind:
 
 
 RUN_KINDS: dict[str, RunKind] = {
+    "sft": RunKind(
+        name="sft", noun="SFT", config_class=SFTConfig, trainer="training.rlhf.sft_trainer:train_sft",
+        command="train_sft", model_output="model", progress_unit="step", progress_keys=("loss", "eval/loss"),
+    ),
     "rm": RunKind(
         name="rm", noun="reward-model", config_class=RewardModelConfig, trainer="training.rlhf.rm_trainer:train_reward_model",
         command="train_rm", model_output="reward_model", progress_unit="step", progress_keys=("loss", "accuracy"),

@@ -21,6 +21,11 @@ MAX_POINTS_PER_SERIES = 2000
 
 # Headline figure per kind: the first of these found in the evaluation, then in the summary (last values).
 HEADLINES = {
+    TrainingRun.Kind.SFT: [
+        ("evaluation", "after.perplexity", "held-out perplexity"),
+        ("summary", "eval/perplexity", "held-out perplexity"),
+        ("summary", "loss", "loss"),
+    ],
     TrainingRun.Kind.RM: [
         ("evaluation", "heldout.accuracy", "held-out accuracy"),
         ("evaluation", "accuracy", "held-out accuracy"),
@@ -50,6 +55,7 @@ CHART_GROUPS = [
     ("Reward", ("reward", "score", "oracle")),
     ("KL", ("kl",)),
     ("Losses", ("loss",)),
+    ("Perplexity", ("perplexity",)),
     ("Entropy", ("entropy",)),
     ("Clipping", ("clip",)),
     ("Ratio", ("ratio",)),
@@ -178,6 +184,40 @@ def find_reward_model_run(directory: str | Path) -> TrainingRun | None:
             .order_by("-created_at").first())
 
 
+# The RM's calibration file of the project's accepted demonstrations, exported into the run's directory at launch.
+CALIBRATION_DEMONSTRATIONS_FILE = "calibration_demonstrations.jsonl"
+
+
+def calibration_source(run: TrainingRun) -> str | None:
+    """Which set calibrated a reward-model run (its rewards shifted to mean 0 on it), in words."""
+    if run.kind != TrainingRun.Kind.RM:
+        return None
+    chosen = (run.config or {}).get("calibration_set") or "heldout"
+    n = ((run.evaluation or {}).get("calibration") or {}).get("n")
+    count = f" ({n} responses)" if n else ""
+    if chosen == "none":
+        return "not calibrated"
+    if chosen in ("heldout", "train"):
+        return f"the {'held-out' if chosen == 'heldout' else 'training'} split's responses{count}"
+    if Path(chosen).name == CALIBRATION_DEMONSTRATIONS_FILE:
+        owner = f" of {run.project.name}" if run.project else ""
+        return f"the accepted demonstrations{owner}{count} (InstructGPT §3.5)"
+    return f"the file {Path(chosen).name}{count}"
+
+
+def find_sft_run(directory: str | Path | None) -> TrainingRun | None:
+    """The newest SFT run that reported writing the model `directory`, if any (the start of the loop)."""
+    if not directory:
+        return None
+    resolved = str(Path(directory).expanduser().resolve())
+    return (TrainingRun.objects.filter(kind=TrainingRun.Kind.SFT, outputs__model=resolved)
+            .order_by("-created_at").first())
+
+
+# Where a later run names the model it started from: RM → its backbone, PPO → its policy (and reference).
+STARTED_FROM = {TrainingRun.Kind.RM: "model", TrainingRun.Kind.PPO: "policy"}
+
+
 def model_outputs(*, kinds: tuple[str, ...]) -> list[tuple[TrainingRun, Path]]:
     """(run, model directory) of the succeeded runs of `kinds` whose reported model is still on disk."""
     found = []
@@ -191,7 +231,7 @@ def model_outputs(*, kinds: tuple[str, ...]) -> list[tuple[TrainingRun, Path]]:
 @dataclass
 class LineageNode:
     label: str
-    kind: str  # snapshot | rm | ppo | round | run
+    kind: str  # snapshot | sft | rm | ppo | round | run
     url: str = ""
     status: str = ""
     current: bool = False
@@ -206,7 +246,7 @@ class Lineage:
 
 
 def lineage(*, run: TrainingRun) -> Lineage:
-    """snapshot → RM run → PPO run → new rounds sampled from it, around `run`."""
+    """SFT run → snapshot → RM run → PPO run → new rounds sampled from it, around `run`."""
     from django.urls import reverse
 
     def node_for(r: TrainingRun, *, current: bool = False) -> LineageNode:
@@ -221,6 +261,10 @@ def lineage(*, run: TrainingRun) -> Lineage:
         return LineageNode(label=f"snapshot {snapshot.content_hash[:12]}", kind="snapshot", detail=detail)
 
     result = Lineage()
+    started_from = STARTED_FROM.get(run.kind)
+    sft = find_sft_run((run.config or {}).get(started_from)) if started_from else None
+    if sft is not None:
+        result.upstream.append(node_for(sft))
     rm = run.reward_model_run if run.kind == TrainingRun.Kind.PPO else None
     snapshot = (rm.snapshot if rm else run.snapshot) if (rm or run.snapshot) else None
     if snapshot is not None:
@@ -231,6 +275,11 @@ def lineage(*, run: TrainingRun) -> Lineage:
     if run.kind == TrainingRun.Kind.RM:
         for ppo in run.ppo_runs.order_by("created_at"):
             result.downstream.append(node_for(ppo))
+    model = (run.outputs or {}).get("model") if run.kind == TrainingRun.Kind.SFT else None
+    if model:  # the RM and PPO runs that started from this SFT model
+        for kind, key in STARTED_FROM.items():
+            for later in TrainingRun.objects.filter(kind=kind, **{f"config__{key}": model}).order_by("created_at"):
+                result.downstream.append(node_for(later))
     rounds = (
         run.sampled_responses.values("prompt__project__name", "prompt__project_id", "round")
         .distinct()
@@ -516,7 +565,7 @@ def run_progress(run: TrainingRun, *, now: float | None = None) -> Progress:
     eta = eta_seconds(steps_done=done, seconds=seconds, steps_left=(total or step) - step)
     if eta is not None:
         eta = max(0.0, eta - (now - progress["at"]))
-    phase = "Training" if run.kind == "rm" else "PPO iterations"
+    phase = "PPO iterations" if run.kind == "ppo" else "Training"
     return Progress(phase=phase, step=step, total=total, unit=kind.progress_unit, rate=rate, eta=eta)
 
 

@@ -16,6 +16,7 @@ urlpatterns = [
     path("runs/<int:run_id>/resume/", views.run_resume, name="run_resume"),
     path("runs/<int:run_id>/new-round/", views.new_round, name="run_new_round"),
     path("compare/", views.compare, name="compare"),
+    path("launch/sft/", views.launch_sft, name="launch_sft"),
     path("launch/rm/", views.launch_rm, name="launch_rm"),
     path("launch/ppo/", views.launch_ppo, name="launch_ppo"),
     path("new-round/", views.new_round, name="new_round"),

@@ -112,6 +112,7 @@ def _live_context(request: HttpRequest, run: TrainingRun, *, series: dict | None
         "outputs": selectors.output_files(run=run),
         "checkpoints": list(run.checkpoints.order_by("step")),
         "can_resume": launching.can_resume(run),
+        "calibration_source": selectors.calibration_source(run),
         "poll_seconds": POLL_SECONDS,
     }
 
@@ -268,11 +269,52 @@ def compare(request: HttpRequest) -> HttpResponse:
 # --- Launch ------------------------------------------------------------------------------------------------
 
 
+def _sft_run(request: HttpRequest) -> TrainingRun | None:
+    """`?sft_run=N`: SFT run N when it succeeded (the SFT run page's "train PPO / an RM / a round from it")."""
+    run_id = _int_or_none(request.GET.get("sft_run"))
+    return TrainingRun.objects.filter(pk=run_id, kind=TrainingRun.Kind.SFT, status=TrainingRun.Status.SUCCEEDED
+                                      ).select_related("snapshot").first() if run_id else None
+
+
+def _sft_model(request: HttpRequest) -> str | None:
+    """The model that `?sft_run=N` saved."""
+    run = _sft_run(request)
+    model = run.output("model") if run is not None else None
+    return str(model) if model is not None else None
+
+
 def _again(request: HttpRequest, *, kind: str, form_class) -> dict:
     """`?again=N`: the form prefilled with run N's config ("Launch again with this config")."""
     run_id = _int_or_none(request.GET.get("again"))
     run = selectors.list_runs(kind=kind).filter(pk=run_id).first() if run_id else None
     return launch_forms.initial_from_run(form_class, run) if run is not None else {}
+
+
+def _queue(request: HttpRequest, form, *, kind: str, **sources) -> HttpResponse | None:
+    """Queue the valid launch form's run: the redirect to its page, or None with the refusal on the form."""
+    try:
+        run = launching.launch_run(kind=kind, options=form.options, name=form.cleaned_data.get("name", ""),
+                                   created_by=request.user, **sources)
+    except launching.LaunchError as exc:
+        form.launch_failed(exc)
+        return None
+    messages.success(request, f"{run} is queued; a worker will pick it up.")
+    return redirect("training:run_detail", run_id=run.pk)
+
+
+@staff_required
+@require_http_methods(["GET", "POST"])
+def launch_sft(request: HttpRequest) -> HttpResponse:
+    initial = {}
+    if snapshot_id := _int_or_none(request.GET.get("snapshot")):
+        initial["snapshot"] = snapshot_id
+    initial.update(_again(request, kind="sft", form_class=launch_forms.SFTLaunchForm))
+    form = launch_forms.SFTLaunchForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        if queued := _queue(request, form, kind="sft", snapshot=form.cleaned_data["snapshot"]):
+            return queued
+    return render(request, "training/launch.html",
+                  {"form": form, "kind": "sft", "title": "Fine-tune a model on demonstrations (SFT)"})
 
 
 @staff_required
@@ -283,20 +325,15 @@ def launch_rm(request: HttpRequest) -> HttpResponse:
         initial["snapshot"] = snapshot_id
     if project_id := _int_or_none(request.GET.get("project")):
         initial["project"] = project_id
+    if sft_model := _sft_model(request):
+        initial["base_model"] = sft_model
     initial.update(_again(request, kind="rm", form_class=launch_forms.RMLaunchForm))
     form = launch_forms.RMLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        try:
-            run = launching.launch_run(
-                kind="rm", options=form.options, snapshot=data.get("snapshot"), export_project=data.get("project"),
-                export_options=form.export_options(), name=data.get("name", ""), created_by=request.user,
-            )
-        except launching.LaunchError as exc:
-            form.launch_failed(exc)
-        else:
-            messages.success(request, f"{run} is queued; a worker will pick it up.")
-            return redirect("training:run_detail", run_id=run.pk)
+        if queued := _queue(request, form, kind="rm", snapshot=data.get("snapshot"),
+                            export_project=data.get("project"), export_options=form.export_options()):
+            return queued
     return render(request, "training/launch.html", {"form": form, "kind": "rm", "title": "Train a reward model"})
 
 
@@ -306,20 +343,17 @@ def launch_ppo(request: HttpRequest) -> HttpResponse:
     initial = {}
     if rm_id := _int_or_none(request.GET.get("reward_model_run")):
         initial["reward_model_run"] = rm_id
+    if sft_model := _sft_model(request):
+        initial["policy_model"] = sft_model
+        if ptx := launch_forms.sft_train_file(_sft_run(request).snapshot):  # PPO-ptx on its demonstrations
+            initial["ptx_file"] = ptx
     initial.update(_again(request, kind="ppo", form_class=launch_forms.PPOLaunchForm))
     form = launch_forms.PPOLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        try:
-            run = launching.launch_run(
-                kind="ppo", options=form.options, reward_model_run=data["reward_model_run"],
-                prompt_project=data.get("prompt_project"), name=data.get("name", ""), created_by=request.user,
-            )
-        except launching.LaunchError as exc:
-            form.launch_failed(exc)
-        else:
-            messages.success(request, f"{run} is queued; a worker will pick it up.")
-            return redirect("training:run_detail", run_id=run.pk)
+        if queued := _queue(request, form, kind="ppo", reward_model_run=data["reward_model_run"],
+                            prompt_project=data.get("prompt_project")):
+            return queued
     return render(request, "training/launch.html", {"form": form, "kind": "ppo", "title": "Train a policy with PPO"})
 
 
@@ -336,6 +370,8 @@ def new_round(request: HttpRequest, run_id: int | None = None) -> HttpResponse:
         initial["project"] = project_id
     elif run is not None and run.project_id:
         initial["project"] = run.project_id
+    if run is None and (sft_model := _sft_model(request)):
+        initial["model"] = sft_model
     form = launch_forms.NewRoundForm(request.POST or None, run=run, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

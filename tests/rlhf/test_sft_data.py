@@ -66,3 +66,13 @@ def test_missing_split_and_path(tmp_path):
         read_sft_records(tmp_path, split="test")
     with pytest.raises(DatasetError, match="no such file"):
         read_sft_records(tmp_path / "nope")
+
+
+def test_has_sft_split(tmp_path):
+    from training.rlhf.sft_data import has_sft_split
+
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "train.jsonl").write_text('{"prompt": "p", "response": "r"}\n', encoding="utf-8")
+    assert has_sft_split(tmp_path / "snap", "train") and not has_sft_split(tmp_path / "snap", "test")
+    assert not has_sft_split(tmp_path / "snap" / "train.jsonl", "train")  # a file has no splits
+    assert not has_sft_split(tmp_path / "missing", "train")

@@ -38,6 +38,15 @@ def roots_in_tmp(settings, tmp_path):
 
 
 @pytest.fixture
+def model_dir(roots_in_tmp):
+    """A model directory under the model root (what the launch forms offer)."""
+    path = roots_in_tmp["models"] / "org" / "tiny"
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+@pytest.fixture
 def staff(django_user_model):
     return django_user_model.objects.create_user("boss", password="pw-for-tests-1", is_staff=True)
 

@@ -57,3 +57,59 @@ def write_kwise_snapshot(directory: Path, *, train: int = 24, test: int = 8) -> 
         counts[split] = len(lines)
     (directory / "manifest.json").write_text(json.dumps({"format": "jsonl", "counts": counts}))
     return counts
+
+
+SFT_ANSWER = " The coffee was fresh and the staff were friendly. I would come back!"
+
+
+def write_sft_snapshot(directory: Path, *, train: int = 16, test: int = 6, prompt_format: str = "plain",
+                       system_prompt: str = "") -> dict[str, int]:
+    """A tiny SFT snapshot (train.jsonl, test.jsonl, manifest.json as export_demonstrations writes them) of demo
+    prompts, each answered with the same good review (a pattern a few steps learn)."""
+    from training.rlhf.demo_task import DEMO_TASK, demo_prompts
+    from training.rlhf.sft_data import chat_messages
+
+    directory.mkdir(parents=True, exist_ok=True)
+    prompts = demo_prompts(n=train + test, seed=7)
+    counts = {}
+    for split, chunk in (("train", prompts[:train]), ("test", prompts[train:])):
+        rows = []
+        for i, prompt in enumerate(chunk):
+            row = {"prompt_id": f"{split}-{i}", "prompt": prompt, "response": SFT_ANSWER, "annotator": "sim",
+                   "source": "simulated", "metadata": {"task": DEMO_TASK}}
+            if prompt_format == "chat":
+                row["messages"] = chat_messages(prompt=prompt, response=SFT_ANSWER, system_prompt=system_prompt)
+            rows.append(json.dumps(row))
+        (directory / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+        counts[split] = len(rows)
+    (directory / "manifest.json").write_text(json.dumps({
+        "kind": "sft", "format": "jsonl", "content_hash": "5f7" + "0" * 61, "counts": counts,
+        "prompt_format": {"format": prompt_format, "system_prompt": system_prompt}}))
+    return counts
+
+
+def cancel_after_step(run, *, step: int, metric: str = "loss", timeout: float = 300):
+    """A started thread that requests a graceful cancel of `run` once its `metric` reached `step` (the live
+    metrics a worker's trainer writes); join it after the run ended."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    from training.models import Metric, TrainingRun
+    from training.services import request_cancel
+
+    def watch():
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if Metric.objects.filter(run=run, name=metric, step__gte=step).exists():
+                    request_cancel(run=TrainingRun.objects.get(pk=run.pk))
+                    return
+                time.sleep(0.2)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

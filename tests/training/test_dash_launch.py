@@ -23,14 +23,6 @@ from training.rlhf.rm_config import RewardModelConfig
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def model_dir(roots_in_tmp):
-    path = roots_in_tmp["models"] / "org" / "tiny"
-    path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
-    return path
-
-
 def form_data(form: forms.Form, **overrides) -> dict:
     """What a browser posts for an untouched form (initial values), plus overrides."""
     data = {}

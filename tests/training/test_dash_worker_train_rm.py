@@ -4,17 +4,13 @@ a checkpoint, and resuming continues from that checkpoint in the same directory.
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
-from tests.training.helpers import write_kwise_snapshot
+from tests.training.helpers import cancel_after_step, write_kwise_snapshot
 from training import launching, tasks
 from training.models import Checkpoint, Metric, TrainingRun
-from training.services import request_cancel
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -45,19 +41,7 @@ def test_a_crashing_trainer_leaves_its_traceback_on_the_run(rm_config, roots_in_
 def test_cancel_stops_with_a_checkpoint_and_resume_continues_from_it(rm_config):
     run = launching.launch_run(kind="rm", options=rm_config(epochs=40))  # 640 steps: far from done
 
-    def cancel_after_a_few_steps():
-        try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                if Metric.objects.filter(run=run, name="loss", step__gte=3).exists():
-                    request_cancel(run=TrainingRun.objects.get(pk=run.pk))
-                    return
-                time.sleep(0.2)
-        finally:
-            connection.close()
-
-    canceller = threading.Thread(target=cancel_after_a_few_steps, daemon=True)
-    canceller.start()
+    canceller = cancel_after_step(run, step=3)
     tasks.execute_training_run.call(run.pk)
     canceller.join(timeout=10)
     run.refresh_from_db()

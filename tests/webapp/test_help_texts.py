@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["import_prompts", "sample_responses", "export_rankings", "simulate_annotators", "train_rm", "train_ppo",
-            "make_tiny_model", "demo", "reap_stale_runs"]
+COMMANDS = ["import_prompts", "sample_responses", "export_rankings", "simulate_annotators", "train_sft", "train_rm",
+            "train_ppo", "make_tiny_model", "demo", "reap_stale_runs"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -20,7 +20,7 @@ def test_management_command_help(command):
     assert f"usage: manage.py {command}" in result.stdout
 
 
-@pytest.mark.parametrize("module", ["training.rlhf.rm_cli", "training.rlhf.ppo_cli"])
+@pytest.mark.parametrize("module", ["training.rlhf.sft_cli", "training.rlhf.rm_cli", "training.rlhf.ppo_cli"])
 def test_plain_cli_help(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)

@@ -14,49 +14,31 @@ Exit status: 0 trained and saved, 2 bad option or input, 3 stopped on request be
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
+from typing import Any
 
-from training.rlhf.configs import ConfigError, add_config_arguments, config_from_args
+from training.rlhf.configs import ConfigError
+from training.rlhf.plain_cli import build_parser, run_cli
 from training.rlhf.ppo_config import PPOConfig
-from training.rlhf.reporter import cli_reporter, is_main_process
+from training.rlhf.reporter import cli_reporter
+
+PARSER = dict(prog="python -m training.rlhf.ppo_cli", config_class=PPOConfig,
+              description="RLHF with PPO (InstructGPT recipe; design.md §7): actor and critic trained against a "
+                          "frozen reward model with a KL penalty to the starting policy; resumable; evaluated before "
+                          "and after on held-out prompts.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.rlhf.ppo_cli",
-        description="RLHF with PPO (InstructGPT recipe; design.md §7): actor and critic trained against a frozen "
-                    "reward model with a KL penalty to the starting policy; resumable; evaluated before and "
-                    "after on held-out prompts.",
-    )
-    add_config_arguments(parser, PPOConfig)
-    parser.add_argument("--quiet", action="store_true", help="Do not echo progress lines to stdout.")
-    return parser
+def summary(result: Any) -> dict[str, Any]:
+    return {"output_dir": str(result.output_dir), "iterations": result.iterations, "stopped": result.stopped,
+            "policy": str(result.policy_dir) if result.policy_dir else None,
+            "before": result.evaluation.get("before"), "after": result.evaluation.get("after")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(PPOConfig, args)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    from training.rlhf.ppo_trainer import train_ppo
-
-    reporter = cli_reporter(config.output_dir, echo=not args.quiet)
-    try:
-        result = train_ppo(config, reporter=reporter)
-    except (ConfigError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if is_main_process() and not args.quiet:
-        summary = {"output_dir": str(result.output_dir), "iterations": result.iterations, "stopped": result.stopped,
-                   "policy": str(result.policy_dir) if result.policy_dir else None,
-                   "before": result.evaluation.get("before"), "after": result.evaluation.get("after")}
-        print(json.dumps(summary))
-    return 3 if result.stopped else 0
+    return run_cli(argv, parser=build_parser(**PARSER), config_class=PPOConfig,
+                   trainer="training.rlhf.ppo_trainer:train_ppo", errors=(ConfigError, OSError, ValueError),
+                   summary=summary,
+                   make_reporter=lambda out, *, echo: cli_reporter(out, echo=echo), needs_output_dir=False)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ class SFTConfig:
                                           "eval split; 0 trains on everything and skips evaluation.")
     # --- the prompt format (every later stage must use the same) ---
     prompt_format: str = option("plain", "How a prompt becomes model input: 'plain' (the text as-is, the model "
-                                         "continues it) or 'chat' (the tokenizer's chat template).",
+                                         "continues it) or 'chat' (the tokenizer's chat template). manage.py "
+                                         "train_sft and the dashboard take the SFT snapshot's format (its "
+                                         "manifest) when this is not given, and refuse one that contradicts it.",
                                 choices=PROMPT_FORMATS)
     system_prompt: str = option("", "System message put first under the chat format (empty: none).")
     # --- optimisation (transformers Trainer) ---

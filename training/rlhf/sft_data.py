@@ -156,6 +156,16 @@ def read_sft_records(path: str | Path, *, split: str = "train") -> list[SftRecor
     return list(iter_sft_records(path, split=split))
 
 
+def has_sft_split(path: str | Path, split: str) -> bool:
+    """Whether the snapshot directory `path` holds `split` (a single file has no splits: False)."""
+    source = Path(path)
+    if not split or not source.is_dir():
+        return False
+    if is_datasets_dir(source) and not (source / "dataset_dict.json").exists():
+        return False  # one plain Dataset: no splits
+    return _split_source(source, split) is not None
+
+
 def read_sft_manifest(path: str | Path) -> dict[str, Any] | None:
     """The snapshot's manifest.json (None for a user's own file)."""
     return read_manifest(path)

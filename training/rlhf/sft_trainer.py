@@ -21,7 +21,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,20 +34,20 @@ from training.rlhf.chat_format import (
     add_special_tokens_for,
     format_messages,
     format_prompt,
-    split_conversation,
 )
 from training.rlhf.configs import ConfigError, config_to_dict, save_config
-from training.rlhf.data import DatasetError, _read_file, read_manifest
+from training.rlhf.data import DatasetError, read_manifest
 from training.rlhf.reporter import NullReporter, Reporter
 from training.rlhf.sft_config import SFTConfig
+from training.rlhf.sft_data import SftRecord, has_sft_split, read_sft_records
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 SFT_INFO_FILE = "sft.json"  # in the saved model's directory: its prompt format, data and evaluation
 EVALUATION_FILE = "evaluation.json"
+BEFORE_FILE = "evaluation_before.json"  # the start model's figures and samples, read back on a resume
 IGNORE_INDEX = -100
-SPLIT_SUFFIXES = (".jsonl", ".parquet")
 
 
 @dataclass
@@ -65,83 +65,11 @@ class SFTResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-# --- 2. demonstrations ----------------------------------------------------------------------------------------
+# --- 2. demonstrations (read by sft_data.read_sft_records, the one SFT record reader) ---------------------------
 
 
-@dataclass(frozen=True)
-class Demonstration:
-    """One demonstration: the prompt, the ideal response, and the chat turns where the project uses a chat
-    template (`messages` ending with the assistant's answer)."""
-
-    prompt: str
-    response: str
-    prompt_id: str = ""
-    messages: tuple[tuple[str, str], ...] = ()
-    annotator: str = ""
-    source: str = ""
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def group_key(self) -> str:
-        return self.prompt_id or self.prompt
-
-
-def demonstration_from_dict(row: Any, *, where: str) -> Demonstration:
-    """A record of the SFT snapshot format (docs/architecture.md); DatasetError names the line and field."""
-    if not isinstance(row, dict):
-        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    for name in ("prompt", "response"):
-        if not isinstance(row.get(name), str):
-            raise DatasetError(f"{where}: field {name!r} must be text")
-    messages = row.get("messages") or ()
-    if messages:
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise DatasetError(f"{where}: field 'messages' must be a list of {{role, content}} objects")
-        try:
-            split_conversation(messages)
-        except PromptFormatError as exc:
-            raise DatasetError(f"{where}: field 'messages': {exc}") from None
-    metadata = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
-    return Demonstration(
-        prompt=row["prompt"], response=row["response"], prompt_id=str(row.get("prompt_id") or ""),
-        messages=tuple((str(m.get("role", "")), str(m.get("content", ""))) for m in messages),
-        annotator=str(row.get("annotator") or ""), source=str(row.get("source") or ""), metadata=metadata,
-    )
-
-
-def _split_file(path: Path, split: str) -> Path | None:
-    for suffix in SPLIT_SUFFIXES:
-        candidate = path / f"{split}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_demonstrations(path: str | Path, *, split: str = "train") -> list[Demonstration]:
-    """The demonstrations of `split` in an SFT snapshot directory (train.jsonl / test.jsonl, or .parquet), or
-    every record of one JSONL/Parquet file (`split` "all"). Empty responses are an error, like missing fields."""
-    source = Path(path)
-    if not source.exists():
-        raise DatasetError(f"{source}: no such file or directory")
-    file = source if source.is_file() else _split_file(source, split)
-    if file is None:
-        raise DatasetError(f"{source}: no {split} split (expected {split}.jsonl or {split}.parquet)")
-    out = []
-    for where, row in _read_file(file):
-        record = demonstration_from_dict(row, where=where)
-        if not record.response.strip():
-            raise DatasetError(f"{where}: field 'response' is empty")
-        out.append(record)
-    return out
-
-
-def has_split(path: str | Path, split: str) -> bool:
-    source = Path(path)
-    return bool(split) and source.is_dir() and _split_file(source, split) is not None
-
-
-def split_demonstrations(records: list[Demonstration], *, fraction: float, seed: int
-                         ) -> tuple[list[Demonstration], list[Demonstration]]:
+def split_demonstrations(records: list[SftRecord], *, fraction: float, seed: int
+                         ) -> tuple[list[SftRecord], list[SftRecord]]:
     """Hold out a fraction of the prompts (all of a prompt's demonstrations on one side), deterministically."""
     keys = sorted({r.group_key for r in records})
     random.Random(seed).shuffle(keys)
@@ -152,16 +80,15 @@ def split_demonstrations(records: list[Demonstration], *, fraction: float, seed:
     return [r for r in records if r.group_key not in held], [r for r in records if r.group_key in held]
 
 
-def load_sft_data(config: SFTConfig) -> tuple[list[Demonstration], list[Demonstration], dict[str, Any]]:
+def load_sft_data(config: SFTConfig) -> tuple[list[SftRecord], list[SftRecord], dict[str, Any]]:
+    """(train records, held-out records, counts). The held-out records are the snapshot's eval split when it has
+    one, else `heldout_fraction` of the prompts (split by prompt, seeded); a single file has no splits."""
     dataset = Path(config.dataset)
-    if dataset.is_file():
-        train, held = load_demonstrations(dataset, split="all"), []
-        source = "none"
-    else:
-        train = load_demonstrations(dataset, split=config.train_split)
-        held, source = [], "none"
-        if has_split(dataset, config.eval_split):
-            held, source = load_demonstrations(dataset, split=config.eval_split), config.eval_split
+    train = read_sft_records(dataset, split=config.train_split)
+    held: list[SftRecord] = []
+    source = "none"
+    if dataset.is_dir() and has_sft_split(dataset, config.eval_split):
+        held, source = read_sft_records(dataset, split=config.eval_split), config.eval_split
     if not held and config.heldout_fraction > 0 and len({r.group_key for r in train}) >= 2:
         train, held = split_demonstrations(train, fraction=config.heldout_fraction, seed=config.seed)
         source = f"{config.heldout_fraction:g} of the prompts"
@@ -205,29 +132,23 @@ def build_sft_example(prompt_ids: Sequence[int], response_ids: Sequence[int], *,
     return {"input_ids": prompt + answer, "labels": [IGNORE_INDEX] * len(prompt) + answer}
 
 
-def prompt_text(tokenizer: Any, record: Demonstration, *, prompt_format: PromptFormat) -> str:
+def prompt_text(tokenizer: Any, record: SftRecord, *, prompt_format: PromptFormat) -> str:
     """The text the model sees before the response: the chat turns of a conversation record under the chat
     format, else the prompt under `format_prompt` (the one function every stage calls)."""
-    if prompt_format.is_chat and record.messages:
-        turns, _ = split_conversation([{"role": r, "content": c} for r, c in record.messages])
+    turns = (record.messages or [])[:-1]  # sft_data: `messages` ends with the assistant's answer
+    if prompt_format.is_chat and any(turn["role"] == "user" for turn in turns):
         return format_messages(tokenizer, turns, prompt_format=prompt_format)
     return format_prompt(tokenizer, record.prompt, prompt_format=prompt_format)
 
 
-def response_text(record: Demonstration, *, prompt_format: PromptFormat) -> str:
-    if prompt_format.is_chat and record.messages:
-        return record.messages[-1][1]
-    return record.response
-
-
-def encode_demonstrations(tokenizer: Any, records: Sequence[Demonstration], *, prompt_format: PromptFormat,
+def encode_demonstrations(tokenizer: Any, records: Sequence[SftRecord], *, prompt_format: PromptFormat,
                           max_length: int) -> list[dict[str, list[int]]]:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; a response must end with one")
     special = add_special_tokens_for(prompt_format)
     prompts = [prompt_text(tokenizer, r, prompt_format=prompt_format) for r in records]
-    responses = [response_text(r, prompt_format=prompt_format) for r in records]
+    responses = [r.response for r in records]  # sft_data: equal to the final assistant turn
     prompt_ids = tokenizer(prompts, add_special_tokens=special)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
     out = []
@@ -241,8 +162,8 @@ def encode_demonstrations(tokenizer: Any, records: Sequence[Demonstration], *, p
 
 class SFTCollator:
     """Examples → a batch. Padded (default): input_ids, attention_mask, labels (B, T) right-padded, labels −100
-    on padding. Packed: one row (1, ΣT_i) with position ids restarting per example and a 4-D float attention
-    mask (1, 1, ΣT, ΣT) that is causal inside each example and −inf across them, so every example sees exactly
+    on padding. Packed: one row (1, ΣT_i) with position ids restarting per example and a 4-D boolean attention
+    mask (1, 1, ΣT, ΣT) that is causal inside each example and False across them (SDPA), so every example sees exactly
     what it would see alone (checked against the padded batch in tests/rlhf/test_sft_trainer.py)."""
 
     def __init__(self, *, pad_id: int, packing: bool = False) -> None:
@@ -276,23 +197,22 @@ class SFTCollator:
         segment = torch.tensor(segments)
         total = len(ids)
         allowed = torch.tril(torch.ones(total, total, dtype=torch.bool)) & (segment[:, None] == segment[None, :])
-        mask = torch.zeros((1, 1, total, total), dtype=torch.float32)
-        mask.masked_fill_(~allowed[None, None], torch.finfo(torch.float32).min)
+        # A boolean mask (True: may attend) suits SDPA in any precision (a float one must match bf16 queries).
         return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]), "attention_mask": mask}
+                "position_ids": torch.tensor([positions]), "attention_mask": allowed[None, None]}
 
 
 # --- 5./9. evaluation -----------------------------------------------------------------------------------------
 
 
-def is_demo_prompt(record: Demonstration) -> bool:
+def is_demo_prompt(record: SftRecord) -> bool:
     from training.rlhf.demo_task import DEMO_TASK, prompt_topic
 
     return record.metadata.get("task") == DEMO_TASK or prompt_topic(record.prompt) is not None
 
 
 @torch.no_grad()
-def sample_responses(model: Any, tokenizer: Any, records: Sequence[Demonstration], *, prompt_format: PromptFormat,
+def sample_responses(model: Any, tokenizer: Any, records: Sequence[SftRecord], *, prompt_format: PromptFormat,
                      max_new_tokens: int, temperature: float, seed: int) -> list[str]:
     """One sampled response per held-out record, from the formatted prompt (the same text the model trains on)."""
     from training.rlhf.sampling import SamplingParams, generate_texts
@@ -309,7 +229,7 @@ def sample_responses(model: Any, tokenizer: Any, records: Sequence[Demonstration
         model.train(was_training)
 
 
-def sample_report(records: Sequence[Demonstration], responses: Sequence[str]) -> dict[str, Any]:
+def sample_report(records: Sequence[SftRecord], responses: Sequence[str]) -> dict[str, Any]:
     """Mean oracle score of the samples where every prompt is a demo-task prompt (None otherwise)."""
     from training.rlhf.demo_task import oracle_score
 
@@ -323,6 +243,44 @@ def sample_report(records: Sequence[Demonstration], responses: Sequence[str]) ->
     return report
 
 
+def response_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token negative log-likelihood of the labelled tokens, and how many there are.
+
+    logits (B, T, V), labels (B, T) with −100 where no loss is taken (prompt, padding). Position t predicts
+    token t+1 (the causal-LM shift, as in transformers' ForCausalLMLoss): Σ_{t: y_{t+1} ≠ −100} −log p(y_{t+1} | x_≤t)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                            shift_labels.clamp(min=0).reshape(-1), reduction="none")
+    return (nll.view_as(shift_labels) * mask).sum(), mask.sum()
+
+
+@torch.no_grad()
+def heldout_loss(model: Any, examples: Sequence[dict[str, list[int]]], *, pad_id: int, batch_size: int
+                 ) -> float | None:
+    """Mean NLL per response token over all held-out examples (token-weighted across batches, so the figure
+    does not depend on the batch size); None without examples. Padded batches, dropout off."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = SFTCollator(pad_id=pad_id)
+    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.long)
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = collate(list(examples[start:start + batch_size]))
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+            nll, n = response_token_nll(logits, batch["labels"].to(device))
+            total += nll.double().cpu()
+            count += n.cpu()
+    finally:
+        model.train(was_training)
+    return float(total / count) if count > 0 else None
+
+
 def perplexity(loss: float | None) -> float | None:
     """exp(mean next-token cross-entropy in nats) — the held-out perplexity of the response tokens."""
     if loss is None or not math.isfinite(loss):
@@ -333,8 +291,7 @@ def perplexity(loss: float | None) -> float | None:
 # --- 6. the reporter as a Trainer callback ----------------------------------------------------------------------
 
 
-METRIC_NAMES = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "epoch": "epoch",
-                "eval_loss": "eval/loss"}
+METRIC_NAMES = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "epoch": "epoch"}
 
 
 def _any_process(flag: bool) -> bool:
@@ -348,10 +305,11 @@ def _any_process(flag: bool) -> bool:
     return bool(box[0])
 
 
-def reporter_callback(reporter: Reporter, *, log_every: int, say):
+def reporter_callback(reporter: Reporter, *, log_every: int, say, evaluate=None, eval_every: int = 0):
     """A TrainerCallback that forwards Trainer's events to the reporter: on_start (the resumed step included),
-    metrics every logged step (loss, lr, grad_norm, epoch, tokens_per_s; eval/loss and eval/perplexity),
-    checkpoints, and `should_stop()` → a graceful stop that saves a checkpoint first."""
+    metrics every logged step (loss, lr, grad_norm, epoch, tokens_per_s), eval/loss and eval/perplexity every
+    `eval_every` steps (`evaluate()` → the held-out loss), checkpoints, and `should_stop()` → a graceful stop
+    that saves a checkpoint first."""
     from transformers import TrainerCallback
 
     class ReporterCallback(TrainerCallback):
@@ -367,19 +325,29 @@ def reporter_callback(reporter: Reporter, *, log_every: int, say):
             self._tick = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            if _any_process(reporter.should_stop()) and state.global_step < state.max_steps:
+            if evaluate is not None and eval_every and state.global_step % eval_every == 0 \
+                    and state.global_step < state.max_steps:  # the last step is evaluated after training
+                loss = evaluate()
+                if loss is not None and state.is_world_process_zero:
+                    reporter.on_metrics(state.global_step, {"eval/loss": loss,
+                                                            "eval/perplexity": perplexity(loss) or math.inf})
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                self._report(state, logs)
+            # After the step's metrics are reported (this runs before the step's checkpoint is considered): a
+            # stop asked for now stops after this step, with a checkpoint. Every process takes part.
+            if logs and "loss" in logs and state.global_step < state.max_steps \
+                    and _any_process(reporter.should_stop()):
                 self.stopped = True
                 control.should_training_stop = True
                 control.should_save = True
             return control
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs:
-                return
+        def _report(self, state, logs):
             metrics = {METRIC_NAMES[k]: float(v) for k, v in logs.items()
                        if k in METRIC_NAMES and isinstance(v, int | float) and math.isfinite(v)}
-            if "eval/loss" in metrics:
-                metrics["eval/perplexity"] = perplexity(metrics["eval/loss"]) or math.inf
             if "loss" in metrics:
                 seen = float(getattr(state, "num_input_tokens_seen", 0) or 0)
                 now = time.perf_counter()
@@ -390,7 +358,6 @@ def reporter_callback(reporter: Reporter, *, log_every: int, say):
                 step = state.global_step
                 if step % log_every == 0 or step == state.max_steps:
                     say(f"step {step}/{state.max_steps} loss {metrics['loss']:.4f} lr {metrics.get('lr', 0):.2e}")
-            metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
             if metrics:
                 reporter.on_metrics(state.global_step, metrics)
 
@@ -453,7 +420,10 @@ def load_model_and_tokenizer(config: SFTConfig) -> tuple[Any, Any]:
         if model.generation_config is not None:
             setattr(model.generation_config, name, getattr(tokenizer, name))
     if config.format.is_chat:
-        format_prompt(tokenizer, "x", prompt_format=config.format)  # no chat template → a clear error now
+        try:  # no chat template → a clear error now, not after the first evaluation
+            format_prompt(tokenizer, "x", prompt_format=config.format)
+        except PromptFormatError as exc:
+            raise ConfigError("prompt_format", str(exc)) from None
     if config.lora:
         from peft import get_peft_model
 
@@ -494,7 +464,7 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
 
     Reports through `reporter` (metrics every step, checkpoints, evaluation, outputs {"model": dir, "adapter":
     dir under LoRA}); stops gracefully with a checkpoint when `reporter.should_stop()` turns true."""
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
     from training.rlhf.reporter import is_main_process
 
@@ -539,7 +509,14 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
         say(f"{cut} demonstration(s) longer than max_length={max_length} lost the end of their response")
 
     # 5./6. The Trainer: AdamW, warm-up + cosine, clipping, bf16, accelerate, checkpoints; the reporter callback.
-    callback = reporter_callback(reporter, log_every=config.log_every, say=say)
+    pad_id = tokenizer.pad_token_id
+
+    def evaluate() -> float | None:  # the held-out loss of the model being trained (all processes)
+        return heldout_loss(trainer.accelerator.unwrap_model(trainer.model), eval_examples, pad_id=pad_id,
+                            batch_size=config.eval_batch_size)
+
+    callback = reporter_callback(reporter, log_every=config.log_every, say=say, evaluate=evaluate,
+                                 eval_every=config.eval_every)
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS_DIR), num_train_epochs=config.epochs,
         max_steps=config.max_steps if config.max_steps else -1,
@@ -550,23 +527,27 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
         logging_strategy="steps", logging_steps=1, report_to="none", disable_tqdm=True,
         save_strategy="steps" if config.checkpoint_every else "no", save_steps=config.checkpoint_every or 500,
         save_total_limit=config.keep_checkpoints,
-        eval_strategy="steps" if config.eval_every and eval_examples else "no",
-        eval_steps=config.eval_every or None, seed=config.seed, data_seed=config.seed,
+        seed=config.seed, data_seed=config.seed,  # held-out loss: `evaluate` above (token-weighted)
         remove_unused_columns=False, dataloader_num_workers=0, include_num_input_tokens_seen=True,
+        dataloader_pin_memory=torch.cuda.is_available() and not config.cpu,
         # gradient checkpointing is set on the model above (non-reentrant, LoRA-safe)
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_examples,
-                      eval_dataset=eval_examples or None,
-                      data_collator=SFTCollator(pad_id=tokenizer.pad_token_id, packing=config.packing),
+                      data_collator=SFTCollator(pad_id=pad_id, packing=config.packing),
                       callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # progress goes through the reporter, not print()
+    world = trainer.args.world_size
+    say(f"batch: {config.batch_size} × {config.gradient_accumulation_steps} accumulation × {world} process(es) = "
+        f"{config.batch_size * config.gradient_accumulation_steps * world} demonstrations per optimizer step"
+        + (", packed" if config.packing else ""))
 
     evaluation: dict[str, Any] = {"data": data_info, "prompt_format": fmt.as_dict()}
     sample_records = eval_records[:config.sample_prompts]
     before_samples: list[str] = []
     if resume_from is None:
         # 5. Before training: held-out loss and samples of the model we start from.
-        if eval_examples:
-            before_loss = float(trainer.evaluate()["eval_loss"])
+        before_loss = evaluate()
+        if before_loss is not None:
             evaluation["before"] = {"loss": before_loss, "perplexity": perplexity(before_loss)}
         if sample_records:
             before_samples = sample_responses(trainer.model, tokenizer, sample_records, prompt_format=fmt,
@@ -574,9 +555,12 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
                                               temperature=config.sample_temperature, seed=config.seed)
             evaluation.setdefault("before", {})["samples"] = sample_report(sample_records, before_samples)
         if main and evaluation.get("before"):
-            (out / "evaluation_before.json").write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
-    elif (out / "evaluation_before.json").exists():
-        evaluation = json.loads((out / "evaluation_before.json").read_text(encoding="utf-8"))
+            # kept for a resumed run, whose model is no longer the one it started from
+            before = {**evaluation, "samples_before": before_samples}
+            (out / BEFORE_FILE).write_text(json.dumps(before, indent=2) + "\n", encoding="utf-8")
+    elif (out / BEFORE_FILE).exists():
+        evaluation = json.loads((out / BEFORE_FILE).read_text(encoding="utf-8"))
+        before_samples = evaluation.pop("samples_before", [])
     elif config.resume == "last":
         say("no checkpoint to resume from; starting fresh")
 
@@ -593,8 +577,8 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
 
     # 9. After training: held-out loss, perplexity, samples (and the oracle on the demo task).
     evaluation["steps"] = steps
-    if eval_examples:
-        after_loss = float(trainer.evaluate()["eval_loss"])
+    after_loss = evaluate()
+    if after_loss is not None:
         evaluation["after"] = {"loss": after_loss, "perplexity": perplexity(after_loss)}
         reporter.on_metrics(steps, {"eval/loss": after_loss, "eval/perplexity": perplexity(after_loss) or math.inf})
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
@@ -605,8 +589,13 @@ def train_sft(config: SFTConfig, *, reporter: Reporter | None = None) -> SFTResu
         evaluation.setdefault("after", {})["samples"] = sample_report(sample_records, after)
         if main:
             before_rows = before_samples or [""] * len(after)
-            rows = [{"prompt": r.prompt, "response": text, "extra": {"before": old, "demonstration": r.response}}
+            rows = [{"prompt": r.prompt, "response": text, "before": old, "demonstration": r.response}
                     for r, text, old in zip(sample_records, after, before_rows)]
+            if "oracle" in evaluation["after"]["samples"]:  # the demo task: each sample's true score
+                from training.rlhf.demo_task import oracle_score
+
+                for row in rows:
+                    row["oracle"] = oracle_score(row["prompt"], row["response"])
             reporter.on_samples(steps, rows)
     for stage in ("before", "after"):
         figures = evaluation.get(stage, {})

@@ -12,38 +12,16 @@ touches the database. Ctrl+C (or SIGTERM) once stops gracefully with a checkpoin
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from training import cli
+from training import cli, launching
 from training.rlhf.rm_config import CALIBRATION_SETS
 
 # Options this command names itself (the rest come from RewardModelConfig).
-OWN_FIELDS = {"dataset", "model", "output_dir"}
-
-
-def resolve_snapshot(value: str):
-    """A DatasetSnapshot by primary key or by (a unique prefix of, ≥ 6 characters) its content hash."""
-    from annotate.models import DatasetSnapshot
-
-    value = value.strip()
-    if value.isdigit():
-        snapshot = DatasetSnapshot.objects.filter(pk=int(value)).first()
-        if snapshot is None:
-            raise CommandError(f"No dataset snapshot with id {value}.")
-        return snapshot
-    if len(value) < 6 or not re.fullmatch(r"[0-9a-fA-F]+", value):
-        raise CommandError(f"--snapshot takes a snapshot id or at least 6 hex digits of its hash, got {value!r}.")
-    matches = list(DatasetSnapshot.objects.filter(content_hash__startswith=value.lower()).order_by("-created_at"))
-    if not matches:
-        raise CommandError(f"No dataset snapshot whose hash starts with {value}.")
-    if len({s.content_hash for s in matches}) > 1:
-        raise CommandError(f"{value} matches {len({s.content_hash for s in matches})} different snapshots; give "
-                           "more of the hash or the snapshot id.")
-    on_disk = [s for s in matches if Path(s.path).exists()]
-    return (on_disk or matches)[0]
+OWN_FIELDS = {"dataset", "model", "output_dir", "calibration_set"}
 
 
 def check_inputs(values: dict) -> None:
@@ -54,7 +32,8 @@ def check_inputs(values: dict) -> None:
     if values.get("tokenizer"):
         cli.check_model_reference(values["tokenizer"])
     calibration = values.get("calibration_set")
-    if calibration and calibration not in CALIBRATION_SETS and not Path(calibration).is_file():
+    if calibration and calibration not in CALIBRATION_SETS + launching.LAUNCH_CALIBRATION_SETS \
+            and not Path(calibration).is_file():
         raise CommandError(f"Calibration file not found: {calibration}")
 
 
@@ -74,21 +53,25 @@ class Command(cli.TrainCommand):
         source.add_argument("--dataset", help="Or a dataset path: snapshot directory, kwise/ directory, or one "
                                               "JSONL/Parquet file.")
         source.add_argument("--model", help="Backbone: a local checkpoint directory or a hub id.")
+        source.add_argument(
+            "--calibration-set", dest="calibration_set",
+            help="Rewards of these responses are shifted to mean 0 after training (InstructGPT §3.5). Default "
+                 "'auto': the accepted demonstrations of the snapshot's project when it has any (exported into the "
+                 "run's directory), else 'heldout' (every response of the eval split); or 'demonstrations' "
+                 "(insist on them), 'train', 'none', or a JSONL/Parquet file of prompt + response.")
 
     def new_run(self, options: dict, *, values: dict, main: bool):
-        snapshot = None
-        if options.get("snapshot") and options.get("dataset"):
-            raise CommandError("Give --snapshot or --dataset, not both.")
-        if options.get("snapshot"):
-            snapshot = resolve_snapshot(options["snapshot"])
-            values["dataset"] = snapshot.path
-        elif options.get("dataset"):
-            values["dataset"] = options["dataset"]
-        else:
-            raise CommandError("Give --snapshot ID_OR_HASH or --dataset PATH (or --run-id N).")
-        if not options.get("model"):
-            raise CommandError("--model is required (a local checkpoint directory or a hub id).")
-        values["model"] = options["model"]
+        snapshot = cli.dataset_source(options, values=values)
+        if options.get("calibration_set"):
+            values["calibration_set"] = options["calibration_set"]
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            # Every process must build the same config, and only the main one may read the database: 'auto'
+            # means the held-out split here; the demonstrations need a queued run (--run-id) or a file.
+            if values.get("calibration_set") == launching.CALIBRATION_DEMONSTRATIONS:
+                raise CommandError("Under accelerate launch, calibrate on demonstrations through a queued run "
+                                   "(--run-id) or give their file as --calibration-set.")
+            if values.get("calibration_set", launching.CALIBRATION_AUTO) == launching.CALIBRATION_AUTO:
+                values["calibration_set"] = "heldout"
         cli.default_prompt_format(values, kind="rm")
         if not main:
             return None, cli.unrecorded(kind="rm", values=values, out=options.get("output_dir"))
@@ -99,11 +82,7 @@ class Command(cli.TrainCommand):
         return run, config
 
     def report(self, run) -> None:
-        if run.status == run.Status.CANCELLED:
-            self.stdout.write(self.style.WARNING(
-                f"{run} stopped on request at step {run.summary.get('step', '?')}; its checkpoint is in "
-                f"{Path(run.output_dir) / 'checkpoints'}."
-            ))
+        if self.report_stopped(run):
             return
         heldout = (run.evaluation or {}).get("heldout", {})
         figures = ""
