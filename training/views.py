@@ -323,6 +323,21 @@ def launch_ppo(request: HttpRequest) -> HttpResponse:
     return render(request, "training/launch.html", {"form": form, "kind": "ppo", "title": "Train a policy with PPO"})
 
 
+LAUNCH_FORMS = {"rm": launch_forms.RMLaunchForm, "ppo": launch_forms.PPOLaunchForm}
+
+
+@staff_required
+@require_GET
+def launch_defaults(request: HttpRequest, kind: str) -> HttpResponse:
+    """htmx, on picking another model or data source: the suggestion line and, out of band, the derived
+    fields with the options that fit the new choice (the other fields keep what the user typed)."""
+    form_class = LAUNCH_FORMS.get(kind)
+    if form_class is None:
+        raise Http404("No such run kind.")
+    form = form_class(initial={name: request.GET.get(name) for name in form_class.source_fields})
+    return render(request, "training/_launch_defaults.html", {"form": form, "oob": True})
+
+
 @staff_required
 @require_http_methods(["GET", "POST"])
 def new_round(request: HttpRequest, run_id: int | None = None) -> HttpResponse:
