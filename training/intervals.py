@@ -24,11 +24,24 @@ def wilson_interval(successes: float, n: float, *, z: float = Z95) -> tuple[floa
     return low, high
 
 
-def proportion_text(p: float | None, n: int | None, *, minimum: int = MIN_PAIRS) -> str:
-    """'0.80 [0.49, 0.94], n = 10', or 'too few (n = 3)' below `minimum`."""
+def _unknown_or_too_few(p: float | None, n: int | None, minimum: int) -> str | None:
+    """'–' for an unknown figure, 'too few (n = 3)' below `minimum`, else None (an interval can be given)."""
     if p is None or n is None:
         return "–"
-    if n < minimum:
-        return f"too few (n = {n})"
+    return f"too few (n = {n})" if n < minimum else None
+
+
+def proportion_text(p: float | None, n: int | None, *, minimum: int = MIN_PAIRS) -> str:
+    """'0.80 [0.49, 0.94], n = 10', or 'too few (n = 3)' below `minimum`."""
+    if (mark := _unknown_or_too_few(p, n, minimum)) is not None:
+        return mark
     low, high = wilson_interval(p * n, n)
     return f"{p:.2f} [{low:.2f}, {high:.2f}], n = {n}"
+
+
+def percent_interval_text(p: float | None, n: int | None, *, minimum: int = MIN_PAIRS) -> str:
+    """The Wilson 95 % interval in percent ('59.3–72.4 %'), or 'too few (n = 3)' below `minimum`."""
+    if (mark := _unknown_or_too_few(p, n, minimum)) is not None:
+        return mark
+    low, high = wilson_interval(p * n, n)
+    return f"{100 * low:.1f}–{100 * high:.1f} %"

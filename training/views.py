@@ -108,7 +108,11 @@ def _live_context(request: HttpRequest, run: TrainingRun, *, series: dict | None
         "log_tail": selectors.log_tail(run=run),
         "progress": selectors.run_progress(run),
         "summary_values": selectors.summary_values(run),
-        "evaluation": selectors.evaluation_view(run.evaluation or {}),
+        "evaluation": selectors.evaluation_view(
+            run.evaluation or {},
+            annotator_names=selectors.annotator_names(project=run.snapshot.project if run.snapshot else run.project)
+            if run.kind == TrainingRun.Kind.RM and run.evaluation else None,
+        ),
         "outputs": selectors.output_files(run=run),
         "checkpoints": list(run.checkpoints.order_by("step")),
         "can_resume": launching.can_resume(run),

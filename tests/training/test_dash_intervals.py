@@ -37,14 +37,13 @@ def test_rm_evaluation_tables_carry_n_and_interval_and_internals_are_tucked_away
     view = evaluation_view({"accuracy": 0.75, "pairs": 40, "calibration": {"calibrated_mean": 1.269e-16},
                             "per_annotator": {"a1": {"accuracy": 0.9, "pairs": 20}, "a2": {"accuracy": 1.0, "pairs": 2}},
                             "per_k": {"4": {"accuracy": 0.8, "pairs": 30}}})
-    names = [row["name"] for row in view["rows"]]
-    assert "calibration.calibrated_mean" not in names
-    assert [row["name"] for row in view["details"]] == ["calibration.calibrated_mean"]
-    assert any(row["value"].startswith("0.75 [") for row in view["rows"] if "interval" in row["name"])
-    annotators = next(t for t in view["tables"] if t["title"] == "per annotator")
-    assert annotators["columns"][-1].startswith("95 % interval")
-    cells = {row["key"]: row["cells"][-1] for row in annotators["rows"]}
-    assert cells["a2"] == "too few (n = 2)" and cells["a1"].startswith("0.90 [")
+    assert not view["rows"]  # no key dump beside the figures
+    assert "calibration.calibrated_mean" in [row["name"] for row in view["details"]]
+    assert "95 % interval 59.8–85.8 %" in view["rm"]["figures"][0]["note"]
+    annotators = next(t for t in view["rm"]["tables"] if t["title"] == "Accuracy per annotator")
+    assert annotators["columns"][1].startswith("95 % interval")
+    cells = {row["key"]: row["cells"][1] for row in annotators["rows"]}
+    assert cells["a2"] == "too few (n = 2)" and cells["a1"] == "69.9–97.2 %"
 
 
 @pytest.mark.django_db
