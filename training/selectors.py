@@ -450,6 +450,21 @@ def _collect(data: dict[str, Any], prefix: str, view: dict[str, Any]) -> None:
                                      "value": proportion_text(_number(value), _int(data.get("pairs")))})
 
 
+def _comparison_interval(name: str, after_value: Any, after: dict[str, Any], intervals: dict[str, Any]) -> str:
+    """The 95 % interval beside a before/after figure: the paired-difference t interval of a gain over prompts
+    (ppo_eval.paired_mean_ci), the Wilson interval of the win rate over the held-out prompts; else ''."""
+    n_prompts = _int(after.get("n_prompts"))
+    if name == "win_rate" and _number(after_value) is not None:
+        return proportion_text(_number(after_value), n_prompts) + (" prompts" if n_prompts and n_prompts >= 10 else "")
+    gain = intervals.get(name)
+    if not isinstance(gain, dict):
+        return ""
+    low, high, n = _number(gain.get("low")), _number(gain.get("high")), _int(gain.get("n_prompts"))
+    if low is None or high is None:
+        return f"too few (n = {n or 0})"
+    return f"change [{low:+.3g}, {high:+.3g}], n = {n} prompts"
+
+
 def evaluation_view(evaluation: dict[str, Any], *, annotator_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Shape a run's evaluation for display.
 
@@ -470,12 +485,14 @@ def evaluation_view(evaluation: dict[str, Any], *, annotator_names: dict[str, st
         evaluation.pop("before")
         evaluation.pop("after")
         evaluation.pop("delta", None)  # the comparison has a change column
+        intervals = evaluation.pop("delta_ci", None) or {}
         flat_before, flat_after = dict(_flatten(before)), dict(_flatten(after))
         names = sorted({*flat_before, *flat_after}, key=_figure_key)
         for name in names:
             b, a = flat_before.get(name), flat_after.get(name)
             delta = a - b if _number(a) is not None and _number(b) is not None else None
-            view["comparison"].append({"name": name, "before": b, "after": a, "delta": delta})
+            view["comparison"].append({"name": name, "before": b, "after": a, "delta": delta,
+                                       "interval": _comparison_interval(name, a, after, intervals)})
     _collect(evaluation, "", view)
     return view
 

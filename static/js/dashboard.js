@@ -418,7 +418,9 @@
       ], { max: 1, min: -1 });
     }
     if (data.position && data.position.length) {
-      barChart("chart-position", data.position.map(function (p) { return "shown #" + p.position; }), [
+      barChart("chart-position", data.position.map(function (p) {
+        return "shown #" + p.position + (p.rankings !== undefined ? " (n = " + p.rankings + ")" : "");
+      }), [
         { label: "mean normalised rank score", data: data.position.map(function (p) { return p.mean_score; }),
           backgroundColor: color(2) },
         { label: "no bias", type: "line", data: data.position.map(function () { return 0.5; }),

@@ -70,3 +70,75 @@ def test_agreement_shows_n_and_interval_or_too_few():
 def test_project_stats_page_shows_intervals(staff_client, world):
     html = staff_client.get(f"/dashboard/projects/{world['project'].pk}/").content.decode()
     assert "too few" in html and "95 % interval" in html
+
+
+@pytest.mark.parametrize(("df", "t"), [(1, 12.706), (2, 4.303), (9, 2.262), (30, 2.042), (40, 2.021), (60, 2.000),
+                                       (120, 1.980), (10_000, 1.960)])
+def test_student_t_quantiles_known_answers(df, t):
+    from training.intervals import t975
+
+    assert t975(df) == pytest.approx(t, abs=1.5e-3)  # t tables (NIST e-Handbook 1.3.6.7.2)
+
+
+def test_mean_interval_known_answer_and_too_few():
+    from training.intervals import mean_interval, mean_text
+
+    # 10 values with mean 0.4 and sd 0.3: 0.4 ± 2.262 · 0.3 / √10 = 0.4 ± 0.2146.
+    assert mean_interval(0.4, 0.3, 10) == pytest.approx((0.18541, 0.61459), abs=1e-4)
+    assert mean_text(0.4, 0.3, 10) == "0.400 [0.19, 0.61], n = 10"
+    assert mean_text(0.9, 0.5, 10) == "0.900 [0.54, 1.00], n = 10"  # a tau-b stays within [−1, 1]
+    assert mean_text(-0.138, 0.7, 3) == "-0.138, too few (n = 3)"  # the walk-through's tau from 3 rankings
+    assert mean_text(None, None, 0) == "–"
+
+
+def test_sample_sd_known_answer():
+    from annotate.agreement import sample_sd
+
+    assert sample_sd([1.0, -1.0]) == pytest.approx(2 ** 0.5)
+    assert sample_sd([2, 4, 4, 4, 5, 5, 7, 9]) == pytest.approx(2.13809, abs=1e-5)
+    assert sample_sd([0.5]) is None
+
+
+def test_share_filter_gives_percent_interval_and_n_or_too_few():
+    from training.templatetags.dashboard import share, ties_share
+
+    assert share(0.8, 10) == "80.0 % [49.0–94.3 %], n = 10"
+    assert share(3 / 7, 7) == "42.9 %, too few (n = 7)"  # the walk-through's 42.9 % agreement
+    assert share(None, 10) == "–"
+    assert ties_share({"agree": 6, "disagree": 2, "one_tied": 1, "both_tied": 1, "agreement_with_ties": 0.7}) == \
+        "70.0 % [39.7–89.2 %], n = 10"
+
+
+def test_ppo_before_after_shows_the_gains_intervals_and_the_win_rate_s():
+    view = evaluation_view({
+        "before": {"rm_score": -0.2, "oracle_score": 0.1, "n_prompts": 12},
+        "after": {"rm_score": 0.9, "oracle_score": 0.3, "win_rate": 0.75, "n_prompts": 12},
+        "delta_ci": {"rm_score": {"mean": 1.1, "low": 0.8, "high": 1.4, "n_prompts": 12},
+                     "oracle_score": {"mean": 0.2, "low": float("nan"), "high": float("nan"), "n_prompts": 1}},
+    })
+    rows = {row["name"]: row["interval"] for row in view["comparison"]}
+    assert rows["rm_score"] == "change [+0.8, +1.4], n = 12 prompts"
+    assert rows["oracle_score"] == "too few (n = 1)"
+    assert rows["win_rate"] == "0.75 [0.47, 0.91], n = 12 prompts"
+
+
+@pytest.mark.django_db
+def test_every_statistic_on_the_stats_page_has_its_n_and_an_interval_or_too_few(staff_client, world):
+    from training import jobs
+    from training.models import Job
+
+    project = world["project"]
+    job = jobs.launch_rm_check(project=project, rm_run=world["rm"])
+    Job.objects.filter(pk=job.pk).update(status="succeeded", result={
+        "accuracy": 0.625, "pairs": 8, "rankings": 2, "by_round": {"1": {"pairs": 40, "accuracy": 0.75}}})
+    html = staff_client.get(f"/dashboard/projects/{project.pk}/").content.decode()
+    # Two annotators, two shared prompts: every tau-b and agreement here rests on too few values.
+    overall_tau = html.split('id="overall-tau">')[1].split("</dd>")[0]
+    assert overall_tau == "0.000, too few (n = 1)"
+    position = html.split('id="position-bias">')[1].split("</p>")[0]
+    assert "25.0 %, too few (n = 4)" in position  # the response shown first won 1 of 4 rankings
+    assert "n = 24" in position  # earlier preferred: 24 strict pairs
+    length = html.split('id="length-bias">')[1].split("</p>")[0]
+    assert "75.0 % [" in length and "n = 24" in length and "too few (n = 4)" in length
+    assert "62.5 %, too few (n = 8)" in html  # the RM check's accuracy
+    assert "round 1: 75.0 % [" in html and "n = 40" in html
