@@ -146,11 +146,11 @@ class ConfigForm(forms.Form):
         return value if value and str(value) in {str(v) for v, _ in self.fields[name].choices if v} else None
 
     def suggestion_text(self) -> str:
-        parts = [f"{self[name].label.lower()} {self.fields[name].initial}" for name in self.derived_fields
-                 if name in self.suggestion.options]
-        if not parts:
+        if any(name in self.initial for name in self.derived_fields):
+            return "The training options are the earlier run's (launched again); change any of them."
+        if not self.suggestion.reasons:
             return ""
-        return f"Suggested for {' and '.join(self.suggestion.reasons)}: {', '.join(parts)}."
+        return f"Suggested: {'; '.join(self.suggestion.reasons)}. Change any of them."
 
     def derived_bound_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.derived_fields]

@@ -113,7 +113,7 @@ def rm_batch_size(train_rankings: int) -> int:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """Options for a launch form and the reasons shown next to them."""
+    """Options for a launch form and, in words, each with what it was derived from."""
 
     options: dict[str, Any]
     reasons: list[str]
@@ -136,10 +136,11 @@ def suggest_rm(*, parameters: int | None, train_rankings: int | None) -> Suggest
     if parameters:
         options["learning_rate"] = round_lr(log_interpolate(parameters, RM_LR_ANCHORS))
         options["epochs"] = rm_epochs(parameters)
-        reasons.append(f"learning rate and epochs for a model of {human_count(parameters)} parameters")
+        reasons.append(f"learning rate {options['learning_rate']:g} and {options['epochs']} epoch"
+                       f"{'s' if options['epochs'] > 1 else ''} for a model of {human_count(parameters)} parameters")
     if train_rankings:
         options["batch_size"] = rm_batch_size(train_rankings)
-        reasons.append(f"batch size for {train_rankings} training rankings")
+        reasons.append(f"batch size {options['batch_size']} for {train_rankings} training rankings")
     return Suggestion(options, reasons)
 
 
@@ -148,5 +149,6 @@ def suggest_ppo(*, parameters: int | None) -> Suggestion:
     if not parameters:
         return Suggestion({}, [])
     lr = round_lr(log_interpolate(parameters, PPO_LR_ANCHORS))
-    return Suggestion({"lr": lr, "critic_lr": round_lr(lr * CRITIC_TO_ACTOR_LR)},
-                      [f"learning rates for a policy of {human_count(parameters)} parameters"])
+    critic_lr = round_lr(lr * CRITIC_TO_ACTOR_LR)
+    return Suggestion({"lr": lr, "critic_lr": critic_lr},
+                      [f"lr {lr:g} and critic lr {critic_lr:g} for a policy of {human_count(parameters)} parameters"])

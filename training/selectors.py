@@ -12,7 +12,7 @@ from typing import Any
 
 from django.db.models import Max, Q, QuerySet
 
-from training.intervals import proportion_text
+from training.intervals import percent_interval_text, proportion_text
 from training.logs import tail_text
 from training.models import Job, Metric, Sample, TrainingRun
 from training.rm_report import is_rm_evaluation, rm_evaluation_view
@@ -347,7 +347,9 @@ def compare_tables(*, runs: list[TrainingRun], series: dict[str, dict[int, list[
     rows = []
     for run in runs:
         last_steps = [per_run[run.pk][-1][0] for per_run in series.values() if per_run.get(run.pk)]
-        rows.append({"run": run, "headline": headline(run), "step": int(max(last_steps)) if last_steps else None,
+        step = _int((run.summary or {}).get("step"))  # the trainer's own count, else the last metric's step
+        rows.append({"run": run, "headline": headline(run),
+                     "step": step if step is not None else int(max(last_steps)) if last_steps else None,
                      "finals": [series[name][run.pk][-1][1] if series[name].get(run.pk) else None
                                 for name in key_metrics]})
     return {"config_diff": diff, "summary": summary, "same_config": not diff and len(runs) > 1,
@@ -610,6 +612,12 @@ def model_label(path: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else path
 
 
+def _interval_and_n(p: float | None, n: int | None) -> str:
+    """'16.3–56.3 %, n = 18' (Wilson 95 %) or 'too few (n = 3)', beside a column that shows p itself."""
+    text = percent_interval_text(p, n)
+    return text if text.startswith(("too few", "–")) else f"{text}, n = {n}"
+
+
 def policy_ab_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The head-to-head rows with run names for the models and A's win rate with its n and Wilson interval."""
     labels: dict[str, str] = {}
@@ -618,5 +626,5 @@ def policy_ab_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for side in ("a", "b"):
             labels.setdefault(row[side], model_label(row[side]))
         out.append({**row, "a_label": labels[row["a"]], "b_label": labels[row["b"]],
-                    "a_win_text": proportion_text(row.get("a_win_rate"), row.get("pairs"))})
+                    "a_win_text": _interval_and_n(row.get("a_win_rate"), row.get("pairs"))})
     return out

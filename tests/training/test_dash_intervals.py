@@ -55,14 +55,14 @@ def test_the_ab_table_names_runs_not_paths(world):
     rows = policy_ab_rows([{"round": 2, "a": policy, "b": "/models/org/tiny", "pairs": 12, "a_win_rate": 0.75},
                            {"round": 2, "a": policy, "b": "imported", "pairs": 3, "a_win_rate": 1.0}])
     assert rows[0]["a_label"] == str(ppo) and rows[0]["b_label"] == "org/tiny"
-    assert rows[0]["a_win_text"].startswith("0.75 [") and rows[1]["a_win_text"] == "too few (n = 3)"
+    assert rows[0]["a_win_text"] == "46.8–91.1 %, n = 12" and rows[1]["a_win_text"] == "too few (n = 3)"
 
 
 def test_agreement_shows_n_and_interval_or_too_few():
     from training.templatetags.dashboard import agreement_interval
 
     assert agreement_interval({"agree": 2, "disagree": 1}) == "too few (n = 3)"
-    assert agreement_interval({"agree": 8, "disagree": 2}) == "0.80 [0.49, 0.94], n = 10"
+    assert agreement_interval({"agree": 8, "disagree": 2}) == "49.0–94.3 %, n = 10"
     assert agreement_interval({}) == "too few (n = 0)"
 
 
