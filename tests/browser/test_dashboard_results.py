@@ -15,6 +15,7 @@ import pytest
 from django.utils import timezone
 
 from tests.browser.helpers import log_in
+from tests.browser.test_csp_browser import WATCH_VIOLATIONS
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -138,6 +139,9 @@ def test_launch_defaults_follow_the_model_and_snapshot(page, live_server, result
     from training.models import TrainingRun
 
     world = results_world
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text) if message.type in ("error", "warning") else None)
+    page.add_init_script(WATCH_VIOLATIONS)
     open_as_staff(page, live_server, f"/dashboard/launch/rm/?snapshot={world['snapshot'].pk}", width=width)
     # The snapshot is listed by name and size; its 87 training rankings give a batch size of 4.
     assert "3-reviews · Reviews · 101 rankings" in page.inner_text("#id_snapshot")
@@ -152,20 +156,23 @@ def test_launch_defaults_follow_the_model_and_snapshot(page, live_server, result
     assert "0.93 M parameters" in page.inner_text("#launch-suggestion")
     page.screenshot(path=str(artifacts_dir / f"launch-rm-defaults-tiny-{width}.png"), full_page=True)
 
+    page.fill("#id_batch_size", "2")  # typed by the user: a later suggestion leaves it alone
     page.select_option("#id_base_model", world["half_b"])
     page.wait_for_function("() => document.getElementById('id_learning_rate').value === '3.5e-05'")
-    assert value_of(page, "epochs") == "1" and value_of(page, "batch_size") == "4"
+    assert value_of(page, "epochs") == "1" and value_of(page, "batch_size") == "2"
     assert value_of(page, "max_steps") == "30"  # kept
     assert "494 M parameters" in page.inner_text("#launch-suggestion")
     assert no_horizontal_overflow(page)
     page.screenshot(path=str(artifacts_dir / f"launch-rm-defaults-half-b-{width}.png"), full_page=True)
+
+    assert page.evaluate("() => window.__csp") == [] and console == []  # no CSP refusal, no htmx warning
 
     # Queued as shown: the derived options are what the run is configured with.
     page.fill("#id_name", f"derived {width}")
     page.click("text=Queue the run")
     page.wait_for_url("**/dashboard/runs/*/")
     run = TrainingRun.objects.get(name=f"derived {width}")
-    assert run.config["learning_rate"] == 3.5e-05 and run.config["epochs"] == 1 and run.config["batch_size"] == 4
+    assert run.config["learning_rate"] == 3.5e-05 and run.config["epochs"] == 1 and run.config["batch_size"] == 2
     assert run.config["max_steps"] == 30 and run.config["model"] == world["half_b"]
 
 
