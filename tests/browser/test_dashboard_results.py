@@ -176,6 +176,20 @@ def test_launch_defaults_follow_the_model_and_snapshot(page, live_server, result
     assert run.config["max_steps"] == 30 and run.config["model"] == world["half_b"]
 
 
+def test_ppo_learning_rates_follow_the_policy(page, live_server, results_world, artifacts_dir):
+    world = results_world
+    open_as_staff(page, live_server, "/dashboard/launch/ppo/")
+    assert value_of(page, "lr") == "0.0001" and value_of(page, "critic_lr") == "0.0003"  # the config's defaults
+    page.select_option("#id_policy_model", world["half_b"])
+    page.wait_for_function("() => document.getElementById('id_lr').value === '1.1e-05'")
+    assert value_of(page, "critic_lr") == "3.3e-05"
+    assert "494 M parameters" in page.inner_text("#launch-suggestion")
+    page.select_option("#id_policy_model", world["tiny"])
+    page.wait_for_function("() => document.getElementById('id_lr').value === '0.0002'")
+    assert value_of(page, "critic_lr") == "0.0006"
+    page.screenshot(path=str(artifacts_dir / "launch-ppo-defaults.png"), full_page=True)
+
+
 def test_launch_again_and_a_new_round_valid_as_it_is(page, live_server, results_world, artifacts_dir):
     from training.models import Job, TrainingRun
 
@@ -227,11 +241,12 @@ def test_the_rm_evaluation_reads_in_words_with_names(page, live_server, results_
     assert "change [+0.8, +1.4], n = 12 prompts" in table and "0.75 [0.47, 0.91], n = 12 prompts" in table
 
 
+@pytest.mark.parametrize("width", [1280, 390])
 def test_compare_opens_with_runs_and_config_diff_then_reward_and_loss_charts(page, live_server, results_world,
-                                                                              artifacts_dir):
+                                                                              artifacts_dir, width):
     world = results_world
     rm, rm2 = world["rm"], world["rm2"]
-    open_as_staff(page, live_server, f"/dashboard/compare/?runs={rm.pk}&runs={rm2.pk}")
+    open_as_staff(page, live_server, f"/dashboard/compare/?runs={rm.pk}&runs={rm2.pk}", width=width)
     rows = page.locator("#compare-runs-table tbody tr")
     assert rows.count() == 2
     first = rows.nth(0).inner_text()
@@ -247,7 +262,8 @@ def test_compare_opens_with_runs_and_config_diff_then_reward_and_loss_charts(pag
     top = page.evaluate("() => ['compare-runs-table', 'compare-config-diff', 'compare-charts']"
                         ".map(id => document.getElementById(id).getBoundingClientRect().top)")
     assert top == sorted(top)  # summary, then diff, then charts
-    page.screenshot(path=str(artifacts_dir / "compare-summary.png"), full_page=True)
+    assert no_horizontal_overflow(page)  # wide tables scroll inside their frame, not the page
+    page.screenshot(path=str(artifacts_dir / f"compare-summary-{width}.png"), full_page=True)
 
 
 @pytest.mark.parametrize("width", [1280, 390])
