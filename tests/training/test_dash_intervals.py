@@ -59,10 +59,12 @@ def test_the_ab_table_names_runs_not_paths(world):
 
 
 def test_agreement_shows_n_and_interval_or_too_few():
-    from training.templatetags.dashboard import agreement_interval
+    from training.templatetags.dashboard import agreement_interval, pair_interval
 
     assert agreement_interval({"agree": 2, "disagree": 1}) == "too few (n = 3)"
-    assert agreement_interval({"agree": 8, "disagree": 2}) == "49.0–94.3 %, n = 10"
+    assert agreement_interval({"agree": 8, "disagree": 2}) == "0.80 [0.49, 0.94], n = 10"
+    assert pair_interval({"agree": 8, "disagree": 2}) == "49.0–94.3 %, n = 10"
+    assert pair_interval({"agree": 2, "disagree": 1}) == "too few (n = 3)"
     assert agreement_interval({}) == "too few (n = 0)"
 
 

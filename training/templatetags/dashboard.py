@@ -80,8 +80,18 @@ def signed(value) -> str:
 
 @register.filter
 def agreement_interval(counts: dict | None) -> str:
-    """Pairwise agreement agree / (agree + disagree): its Wilson 95 % interval and n ('16.3–56.3 %, n = 18'),
-    or "too few" (the agreement itself stands in the column before)."""
+    """Pairwise agreement agree / (agree + disagree) with its n and a Wilson 95 % interval, or "too few"."""
+    from training.intervals import proportion_text
+
+    counts = counts or {}
+    n = int(counts.get("agree") or 0) + int(counts.get("disagree") or 0)
+    return proportion_text(counts.get("agree", 0) / n if n else None, n if n else None) if n else "too few (n = 0)"
+
+
+@register.filter
+def pair_interval(counts: dict | None) -> str:
+    """The same agreement's Wilson 95 % interval in percent and its n ('16.3–56.3 %, n = 18') or "too few", for
+    a column beside the agreement itself."""
     from training.intervals import percent_interval_text
 
     counts = counts or {}
