@@ -144,3 +144,15 @@ def test_every_statistic_on_the_stats_page_has_its_n_and_an_interval_or_too_few(
     assert "75.0 % [" in length and "n = 24" in length and "too few (n = 4)" in length
     assert "62.5 %, too few (n = 8)" in html  # the RM check's accuracy
     assert "round 1: 75.0 % [" in html and "n = 40" in html
+
+
+@pytest.mark.django_db
+def test_the_stats_page_renders_for_an_empty_project_and_a_queued_check(staff_client, world):
+    from annotate.models import Project
+    from training import jobs
+
+    empty = Project.objects.create(name="Empty")
+    assert staff_client.get(f"/dashboard/projects/{empty.pk}/").status_code == 200
+    jobs.launch_rm_check(project=world["project"], rm_run=world["rm"])  # queued: no result yet
+    html = staff_client.get(f"/dashboard/projects/{world['project'].pk}/").content.decode()
+    assert "Queued" in html or "queued" in html

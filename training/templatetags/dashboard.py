@@ -132,3 +132,11 @@ def ties_share(counts: dict | None) -> str:
     counts = counts or {}
     n = sum(int(counts.get(key) or 0) for key in ("agree", "disagree", "one_tied", "both_tied"))
     return share(counts.get("agreement_with_ties"), n) if n else "too few (n = 0)"
+
+
+@register.filter
+def accuracy_share(result: dict | None) -> str:
+    """`share` of a result dict's "accuracy" over its "pairs" (an RM check's, or one of its rounds'); "–" for a
+    result not written yet (a queued check has none, and a missing filter argument would be an error)."""
+    result = result if isinstance(result, dict) else {}
+    return share(result.get("accuracy"), result.get("pairs"))
