@@ -163,6 +163,13 @@ def test_launch_defaults_follow_the_model_and_snapshot(page, live_server, result
     assert value_of(page, "max_steps") == "30"  # kept
     assert "494 M parameters" in page.inner_text("#launch-suggestion")
     assert no_horizontal_overflow(page)
+    sticking_out = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.launch-form fieldset')).flatMap(set => {
+            const edge = set.getBoundingClientRect().right;
+            return Array.from(set.querySelectorAll('input, select')).filter(e => e.offsetParent !== null)
+              .filter(e => e.getBoundingClientRect().right > edge + 0.5).map(e => e.id);
+        })""")
+    assert sticking_out == []  # every field inside its card
     page.screenshot(path=str(artifacts_dir / f"launch-rm-defaults-half-b-{width}.png"), full_page=True)
 
     assert page.evaluate("() => window.__csp") == [] and console == []  # no CSP refusal, no htmx warning
