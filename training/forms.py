@@ -257,6 +257,11 @@ def snapshot_label(snapshot: DatasetSnapshot) -> str:
             + f" · {snapshot.created_at:%Y-%m-%d %H:%M}")
 
 
+def _parameters(model: str | None) -> int | None:
+    """The parameter count of a chosen model directory (an adapter's base only inside the roots)."""
+    return read_parameter_count(model, roots=_allowed_model_roots()) if model else None
+
+
 def _pk(value: Any) -> int | None:
     """A model instance's or an id's primary key (None for anything else)."""
     value = getattr(value, "pk", value)
@@ -366,12 +371,14 @@ class RMLaunchForm(ConfigForm):
         (or, for "export now", the project's rankings less the held-out fraction)."""
         model = self.initial_choice("base_model")
         train_rankings = None
-        if snapshot := DatasetSnapshot.objects.filter(pk=_pk(self.initial.get("snapshot"))).first():
+        snapshot_id, project_id = _pk(self.initial.get("snapshot")), _pk(self.initial.get("project"))
+        snapshot = DatasetSnapshot.objects.filter(pk=snapshot_id).first() if snapshot_id else None
+        if snapshot is not None:
             train_rankings = snapshot_train_rankings(snapshot)
-        elif project_id := _pk(self.initial.get("project")):
+        elif project_id:
             total = Ranking.objects.filter(prompt__project_id=project_id).count()
             train_rankings = round(total * (1 - (self.fields["export_test_fraction"].initial or 0))) or None
-        return suggest_rm(parameters=read_parameter_count(model) if model else None, train_rankings=train_rankings)
+        return suggest_rm(parameters=_parameters(model), train_rankings=train_rankings)
 
     def export_options(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -453,8 +460,7 @@ class PPOLaunchForm(ConfigForm):
         self.fields["ptx_file"].choices = _data_file_choices(blank="— none —")
         self.watch_sources(kind="ppo")
         if not self.is_bound:
-            policy = self.initial_choice("policy_model")
-            self.suggest(suggest_ppo(parameters=read_parameter_count(policy) if policy else None))
+            self.suggest(suggest_ppo(parameters=_parameters(self.initial_choice("policy_model"))))
 
     def managed_values(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -58,9 +58,10 @@ def parameter_count(config: dict[str, Any]) -> int | None:
     return layers * (attention + mlp) + embeddings + positions + head
 
 
-def read_parameter_count(model_dir: str | Path) -> int | None:
-    """`parameter_count` of a model directory's config.json; for a LoRA adapter, its local base model's.
-    None when nothing readable says the size (the form then keeps the config's defaults)."""
+def read_parameter_count(model_dir: str | Path, *, roots: list[Path] | None = None) -> int | None:
+    """`parameter_count` of a model directory's config.json; for a LoRA adapter, its local base model's (only
+    inside `roots` when given: a form reads nothing outside the configured roots). None when nothing readable
+    says the size (the form then keeps the config's defaults)."""
     directory = Path(model_dir)
     for _ in range(2):  # the directory, then an adapter's base model
         try:
@@ -74,9 +75,11 @@ def read_parameter_count(model_dir: str | Path) -> int | None:
         except (OSError, ValueError):
             return None
         base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
-        if not base or not Path(base).is_dir():
+        if not isinstance(base, str) or not base or not Path(base).is_dir():
             return None
-        directory = Path(base)
+        directory = Path(base).resolve()
+        if roots is not None and not any(directory == r or r in directory.parents for r in roots):
+            return None
     return None
 
 

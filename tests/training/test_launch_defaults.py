@@ -85,6 +85,8 @@ def test_read_parameter_count_follows_an_adapter_to_its_base(tmp_path):
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
     assert read_parameter_count(adapter) == parameter_count(TINY)
+    assert read_parameter_count(adapter, roots=[tmp_path.resolve()]) == parameter_count(TINY)
+    assert read_parameter_count(adapter, roots=[(tmp_path / "adapter").resolve()]) is None  # base outside the roots
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
     assert read_parameter_count(tmp_path / "broken") is None
