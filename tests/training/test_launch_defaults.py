@@ -153,3 +153,17 @@ def test_the_defaults_answer_is_staff_only(client, annotator, roots_in_tmp):
     assert client.get("/dashboard/launch/rm/defaults/").status_code == 302  # to the login page
     client.force_login(annotator)
     assert client.get("/dashboard/launch/rm/defaults/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_export_now_sizes_the_batch_from_the_project_s_rankings(staff_client, world, models):
+    from tests.training.conftest import make_ranking
+
+    project = world["project"]  # 4 rankings: 4 x 0.9 held in -> 4 training rankings -> batch 1
+    html = staff_client.get("/dashboard/launch/rm/defaults/", {"project": project.pk, "snapshot": ""}).content.decode()
+    assert 'name="batch_size" value="1"' in html and "batch size 1 for 4 training rankings" in html
+    prompt, ids = world["prompts"][2]
+    for i in range(50):  # 54 rankings -> 49 training rankings -> batch 2 (24 steps per epoch)
+        make_ranking(prompt=prompt, annotator=world["ann1"] if i % 2 else world["ann2"], tiers=[[r] for r in ids])
+    html = staff_client.get("/dashboard/launch/rm/defaults/", {"project": project.pk}).content.decode()
+    assert 'name="batch_size" value="2"' in html and "49 training rankings" in html
