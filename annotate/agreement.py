@@ -236,9 +236,12 @@ class AnnotatorPairStats:
     prompts: int
     counts: PairCounts
     tau_b: float | None  # mean over the shared prompts where tau-b is defined
+    tau_b_n: int = 0  # how many per-prompt values the mean is over
+    tau_b_sd: float | None = None  # their sample standard deviation (for an interval of the mean)
 
     def as_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "prompts": self.prompts, **self.counts.as_dict(), "tau_b": self.tau_b}
+        return {"a": self.a, "b": self.b, "prompts": self.prompts, **self.counts.as_dict(), "tau_b": self.tau_b,
+                "tau_b_n": self.tau_b_n, "tau_b_sd": self.tau_b_sd}
 
 
 def annotator_pair_stats(by_prompt: Mapping[Hashable, Mapping[Hashable, Tiers]]) -> list[AnnotatorPairStats]:
@@ -260,7 +263,8 @@ def annotator_pair_stats(by_prompt: Mapping[Hashable, Mapping[Hashable, Tiers]])
             if tau is not None:
                 taus[(a, b)].append(tau)
     return [
-        AnnotatorPairStats(a, b, prompts[(a, b)], counts[(a, b)], _mean(taus[(a, b)]))
+        AnnotatorPairStats(a, b, prompts[(a, b)], counts[(a, b)], _mean(taus[(a, b)]), len(taus[(a, b)]),
+                           sample_sd(taus[(a, b)]))
         for (a, b) in sorted(counts, key=lambda k: (_sort_key(k[0]), _sort_key(k[1])))
     ]
 
@@ -290,7 +294,8 @@ def consensus_agreement(
             if tau is not None:
                 taus[annotator].append(tau)
     return {
-        a: {"prompts": prompts[a], **counts[a].as_dict(), "tau_b": _mean(taus[a])}
+        a: {"prompts": prompts[a], **counts[a].as_dict(), "tau_b": _mean(taus[a]), "tau_b_n": len(taus[a]),
+            "tau_b_sd": sample_sd(taus[a])}
         for a in sorted(counts, key=_sort_key)
     }
 
@@ -375,8 +380,19 @@ def length_bias(observations: Iterable[tuple[Tiers, Mapping[Item, float]]]) -> d
         "pairs": pairs,
         "longer_preferred": longer_wins / pairs if pairs else None,
         "mean_tau_b": _mean(taus),
+        "tau_b_n": len(taus),
+        "tau_b_sd": sample_sd(taus),
     }
 
 
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def sample_sd(values: Sequence[float]) -> float | None:
+    """Sample standard deviation √(Σ(x − x̄)² / (n − 1)) (None under two values): with the mean and n it
+    gives the mean's interval on the dashboard."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5

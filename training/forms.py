@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.urls import reverse
 
-from annotate.models import DatasetSnapshot, Project
+from annotate.models import DatasetSnapshot, Project, Ranking
 from training import roots, selectors
+from training.launch_defaults import Suggestion, read_parameter_count, suggest_ppo, suggest_rm
 from training.launching import CALIBRATION_AUTO, LAUNCH_CALIBRATION_SETS, LaunchError, source_prompt_format
 from training.models import TrainingRun
 from training.rlhf.configs import describe_fields
@@ -106,6 +108,8 @@ class ConfigForm(forms.Form):
     managed_fields: tuple[str, ...] = ()
     option_fields: dict[str, str] = {}
     primary_fields: tuple[str, ...] = ()
+    derived_fields: tuple[str, ...] = ()  # options suggested from the chosen model and data (launch_defaults)
+    source_fields: tuple[str, ...] = ()  # the choices they are derived from
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -116,6 +120,41 @@ class ConfigForm(forms.Form):
             self.fields[desc["name"]] = config_form_field(desc, config_cls=self.config_class)
             self.config_names.append(desc["name"])
         self.options: dict[str, Any] = {}
+        self.suggestion = Suggestion({}, [])
+
+    def suggest(self, suggestion: Suggestion) -> None:
+        """The suggested options become the fields' initial values, unless the caller gave them (a run's
+        config on "Launch again" wins); the derived options without a suggestion keep the config's default."""
+        self.suggestion = suggestion
+        for name, value in suggestion.options.items():
+            if name in self.fields and name not in self.initial:
+                self.fields[name].initial = value
+
+    def watch_sources(self, *, kind: str) -> None:
+        """Picking another model or data source asks the server for the derived options (htmx): the answer
+        replaces the suggestion line and, out of band, the derived fields."""
+        attrs = {
+            "hx-get": reverse("training:launch_defaults", args=[kind]), "hx-trigger": "change",
+            "hx-target": "#launch-suggestion", "hx-swap": "outerHTML",
+            "hx-include": ", ".join(f"#id_{name}" for name in self.source_fields),
+        }
+        for name in self.source_fields:
+            self.fields[name].widget.attrs.update(attrs)
+
+    def initial_choice(self, name: str) -> str | None:
+        """The initial value of a choice field when it is one of its choices (a path never comes from free text)."""
+        value = self.initial.get(name)
+        return value if value and str(value) in {str(v) for v, _ in self.fields[name].choices if v} else None
+
+    def suggestion_text(self) -> str:
+        if any(name in self.initial for name in self.derived_fields):
+            return "The training options are the earlier run's (launched again); change any of them."
+        if not self.suggestion.reasons:
+            return ""
+        return f"Suggested: {'; '.join(self.suggestion.reasons)}. Change any of them."
+
+    def derived_bound_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.derived_fields]
 
     # Field groups for the template: what to train (minus the export options), the export options, the
     # primary config options, and the rest ("Advanced").
@@ -206,6 +245,17 @@ def snapshot_queryset(*, kind: str):
     return DatasetSnapshot.objects.filter(kind=kind).select_related("project").order_by("-created_at")
 
 
+def snapshot_train_rankings(snapshot: DatasetSnapshot) -> int | None:
+    """Training rankings of a snapshot: the export's counts (kwise train split), or a hand-made manifest's."""
+    counts = snapshot.counts or {}
+    kwise = counts.get("kwise")
+    for value in ((kwise or {}).get("train") if isinstance(kwise, dict) else None, counts.get("train"),
+                  counts.get("rankings")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
 def snapshot_label(snapshot: DatasetSnapshot) -> str:
     """A snapshot by its name (its directory), project, size and date — not its content hash."""
     counts = snapshot.counts or {}
@@ -213,8 +263,24 @@ def snapshot_label(snapshot: DatasetSnapshot) -> str:
     if snapshot.kind == DatasetSnapshot.Kind.SFT:
         demonstrations = sum(counts.get(key, 0) for key in ("train", "test") if isinstance(counts.get(key), int))
         size = f"{demonstrations} demonstrations" if demonstrations else ""
+    elif not size and isinstance(counts.get("kwise"), dict):
+        size = f"{sum(v for v in counts['kwise'].values() if isinstance(v, int))} rankings"
     return (f"{Path(snapshot.path).name} · {snapshot.project}" + (f" · {size}" if size else "")
             + f" · {snapshot.created_at:%Y-%m-%d %H:%M}")
+
+
+def _parameters(model: str | None) -> int | None:
+    """The parameter count of a chosen model directory (an adapter's base only inside the roots)."""
+    return read_parameter_count(model, roots=_allowed_model_roots()) if model else None
+
+
+def _pk(value: Any) -> int | None:
+    """A model instance's or an id's primary key (None for anything else)."""
+    value = getattr(value, "pk", value)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def initial_from_run(form_class: type[ConfigForm], run: TrainingRun) -> dict[str, Any]:
@@ -283,6 +349,8 @@ class RMLaunchForm(ConfigForm):
         "epochs", "max_steps", "learning_rate", "batch_size", "max_length", "lora", "checkpoint_every", "seed",
         "prompt_format", "system_prompt",
     )
+    derived_fields = ("learning_rate", "epochs", "batch_size")
+    source_fields = ("base_model", "snapshot", "project")
 
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
     snapshot = forms.ModelChoiceField(
@@ -338,6 +406,23 @@ class RMLaunchForm(ConfigForm):
         self.fields["calibration"].initial = CALIBRATION_AUTO
         self._initial_format(prompt_format_initial(snapshot=self.initial.get("snapshot"),
                                                    project=self.initial.get("project")))
+        self.watch_sources(kind="rm")
+        if not self.is_bound:
+            self.suggest(self.suggested())
+
+    def suggested(self) -> Suggestion:
+        """lr and epochs from the chosen model's size, batch size from the chosen snapshot's training rankings
+        (or, for "export now", the project's rankings less the held-out fraction)."""
+        model = self.initial_choice("base_model")
+        train_rankings = None
+        snapshot_id, project_id = _pk(self.initial.get("snapshot")), _pk(self.initial.get("project"))
+        snapshot = DatasetSnapshot.objects.filter(pk=snapshot_id).first() if snapshot_id else None
+        if snapshot is not None:
+            train_rankings = snapshot_train_rankings(snapshot)
+        elif project_id:
+            total = Ranking.objects.filter(prompt__project_id=project_id).count()
+            train_rankings = round(total * (1 - (self.fields["export_test_fraction"].initial or 0))) or None
+        return suggest_rm(parameters=_parameters(model), train_rankings=train_rankings)
 
     def export_options(self) -> dict[str, Any]:
         data = self.cleaned_data
@@ -426,6 +511,8 @@ class PPOLaunchForm(ConfigForm):
         "response_length", "init_kl_coef", "kl_target", "lr", "lora", "checkpoint_every", "sample_every", "seed",
         "prompt_format", "system_prompt",
     )
+    derived_fields = ("lr", "critic_lr")
+    source_fields = ("policy_model",)
 
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
     policy_model = RootPathChoiceField(
@@ -474,6 +561,9 @@ class PPOLaunchForm(ConfigForm):
         self.fields["ptx_file"].choices = [*_data_file_choices(blank="— none —"), *sft_ptx_choices()]
         self._initial_format(prompt_format_initial(reward_model_run=self.initial.get("reward_model_run"),
                                                    project=self.initial.get("prompt_project")))
+        self.watch_sources(kind="ppo")
+        if not self.is_bound:
+            self.suggest(suggest_ppo(parameters=_parameters(self.initial_choice("policy_model"))))
 
     def managed_values(self) -> dict[str, Any]:
         data = self.cleaned_data

@@ -12,9 +12,10 @@ from typing import Any
 
 from django.db.models import Max, Q, QuerySet
 
-from training.intervals import proportion_text
+from training.intervals import percent_interval_text, proportion_text
 from training.logs import tail_text
 from training.models import Job, Metric, Sample, TrainingRun
+from training.rm_report import is_rm_evaluation, rm_evaluation_view
 from training.runkinds import run_kind
 
 MAX_POINTS_PER_SERIES = 2000
@@ -355,15 +356,27 @@ def compare_series(*, runs: list[TrainingRun], max_points: int = 1000) -> dict[s
     return dict(sorted(by_metric.items(), key=lambda item: (_group_rank(item[0]), item[0])))
 
 
+# Compare shows what tells runs apart first: reward, accuracy, losses, KL, margin; then the run page's order.
+COMPARE_FIRST = ["reward", "accuracy", "losses", "kl", "margin"]
+KEY_METRIC_GROUPS = {"reward", "accuracy", "losses", "kl"}
+MAX_KEY_METRICS = 6
+
+
 def _group_rank(name: str) -> int:
-    """Metrics in the order of the run page's chart groups (accuracy, margin, reward… then the rest), not A–Z."""
-    ids = [group["id"] for group in CHART_GROUPS_JSON]
+    """Metrics in the compare order (COMPARE_FIRST, then the run page's chart groups), not A–Z."""
+    ids = COMPARE_FIRST + [group["id"] for group in CHART_GROUPS_JSON if group["id"] not in COMPARE_FIRST]
     group = chart_group_of(name)
     return ids.index(group) if group in ids else len(ids)
 
 
+def _key_rank(name: str) -> tuple[int, int, str]:
+    """Within a group, a plain metric before its eval/… and …_std variants (reward before eval/reward_std)."""
+    return (_group_rank(name), ("/" in name) + ("std" in name) + ("min" in name or "max" in name), name)
+
+
 def compare_tables(*, runs: list[TrainingRun], series: dict[str, dict[int, list[list[float]]]]) -> dict[str, Any]:
-    """What differs between the runs' configs (output_dir aside), and each metric's final value side by side."""
+    """One row per run (name, kind, status, steps, headline and its key final metrics), what differs between the
+    runs' configs (output_dir aside), and each metric's final value side by side."""
     configs = [dict(run.config or {}) for run in runs]
     keys = sorted({key for config in configs for key in config} - {"output_dir"})
     diff = []
@@ -373,7 +386,23 @@ def compare_tables(*, runs: list[TrainingRun], series: dict[str, dict[int, list[
             diff.append({"name": key, "values": values})
     summary = [{"name": name, "values": [per_run[run.pk][-1][1] if per_run.get(run.pk) else None for run in runs]}
                for name, per_run in series.items()]
-    return {"config_diff": diff, "summary": summary, "same_config": not diff and len(runs) > 1}
+    key_metrics: list[str] = []
+    seen_groups: dict[str, int] = defaultdict(int)
+    for name in sorted(series, key=_key_rank):
+        group = chart_group_of(name)
+        if group in KEY_METRIC_GROUPS and seen_groups[group] < 2 and len(key_metrics) < MAX_KEY_METRICS:
+            key_metrics.append(name)
+            seen_groups[group] += 1
+    rows = []
+    for run in runs:
+        last_steps = [per_run[run.pk][-1][0] for per_run in series.values() if per_run.get(run.pk)]
+        step = _int((run.summary or {}).get("step"))  # the trainer's own count, else the last metric's step
+        rows.append({"run": run, "headline": headline(run),
+                     "step": step if step is not None else int(max(last_steps)) if last_steps else None,
+                     "finals": [series[name][run.pk][-1][1] if series[name].get(run.pk) else None
+                                for name in key_metrics]})
+    return {"config_diff": diff, "summary": summary, "same_config": not diff and len(runs) > 1,
+            "runs": rows, "key_metrics": key_metrics}
 
 
 def recent_jobs(*, project=None, run: TrainingRun | None = None, limit: int = 10) -> list[Job]:
@@ -472,28 +501,71 @@ def _collect(data: dict[str, Any], prefix: str, view: dict[str, Any]) -> None:
                                      "value": proportion_text(_number(value), _int(data.get("pairs")))})
 
 
-def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any]:
+def _comparison_interval(name: str, after_value: Any, after: dict[str, Any], intervals: dict[str, Any]) -> str:
+    """The 95 % interval beside a before/after figure: the paired-difference t interval of a gain over prompts
+    (ppo_eval.paired_mean_ci), the Wilson interval of the win rate over the held-out prompts; else ''."""
+    n_prompts = _int(after.get("n_prompts"))
+    if name == "win_rate" and _number(after_value) is not None:
+        return proportion_text(_number(after_value), n_prompts) + (" prompts" if n_prompts and n_prompts >= 10 else "")
+    gain = intervals.get(name)
+    if not isinstance(gain, dict):
+        return ""
+    low, high, n = _number(gain.get("low")), _number(gain.get("high")), _int(gain.get("n_prompts"))
+    if low is None or high is None:
+        return f"too few (n = {n or 0})"
+    return f"change [{low:+.3g}, {high:+.3g}], n = {n} prompts"
+
+
+def evaluation_view(evaluation: dict[str, Any], *, annotator_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Shape a run's evaluation for display.
 
+    - rm: a reward model's report in words (training.rm_report), its raw figures under `details`;
     - comparison: when it holds "before" and "after" dicts (PPO), one row per figure with both and the change;
     - tables: dicts of dicts (accuracy per annotator, per K…) as tables with the union of inner keys as columns;
     - rows: every other figure, flattened to dotted names.
     """
     evaluation = dict(evaluation or {})
     view: dict[str, Any] = {"comparison": [], "tables": [], "rows": [], "details": [], "empty": not evaluation}
+    if is_rm_evaluation(evaluation):
+        view["rm"] = rm_evaluation_view(evaluation, annotator_names=annotator_names)
+        view["details"] = [{"name": name, "value": value} for name, value in _flatten(evaluation)
+                           if not isinstance(value, list) or len(value) <= 20]
+        return view
     before, after = evaluation.get("before"), evaluation.get("after")
     if isinstance(before, dict) and isinstance(after, dict):
         evaluation.pop("before")
         evaluation.pop("after")
         evaluation.pop("delta", None)  # the comparison has a change column
+        intervals = evaluation.pop("delta_ci", None) or {}
         flat_before, flat_after = dict(_flatten(before)), dict(_flatten(after))
         names = sorted({*flat_before, *flat_after}, key=_figure_key)
         for name in names:
             b, a = flat_before.get(name), flat_after.get(name)
             delta = a - b if _number(a) is not None and _number(b) is not None else None
-            view["comparison"].append({"name": name, "before": b, "after": a, "delta": delta})
+            view["comparison"].append({"name": name, "before": b, "after": a, "delta": delta,
+                                       "interval": _comparison_interval(name, a, after, intervals)})
     _collect(evaluation, "", view)
     return view
+
+
+def annotator_names(*, project) -> dict[str, str]:
+    """Pseudonym (as the exports write it) → username, or the imported file, of everyone who ranked in
+    `project`: the dashboard is staff only, so staff see who an "a3f9c2d1" is. One row per annotator."""
+    from annotate.models import Ranking
+    from annotate.services.exporting import annotator_pseudonym
+
+    if project is None:
+        return {}
+    names = {"consensus": "consensus (one ranking per prompt)"}
+    rows = (Ranking.objects.filter(prompt__project=project).values_list("annotator_id", "annotator__username")
+            .exclude(annotator_id=None).distinct())
+    for user_id, username in rows:
+        names[annotator_pseudonym(f"user:{user_id}")] = username
+    imported = (Ranking.objects.filter(prompt__project=project, annotator_id=None, source=Ranking.Source.IMPORTED)
+                .values_list("source_detail", flat=True).distinct()[:200])
+    for detail in imported:
+        names[annotator_pseudonym(f"imported:{detail}")] = f"imported: {detail}" if detail else "imported"
+    return names
 
 
 def project_training(*, project) -> dict[str, Any]:
@@ -589,6 +661,12 @@ def model_label(path: str) -> str:
     return "/".join(parts[-2:]) if len(parts) >= 2 else path
 
 
+def _interval_and_n(p: float | None, n: int | None) -> str:
+    """'16.3–56.3 %, n = 18' (Wilson 95 %) or 'too few (n = 3)', beside a column that shows p itself."""
+    text = percent_interval_text(p, n)
+    return text if text.startswith(("too few", "–")) else f"{text}, n = {n}"
+
+
 def policy_ab_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The head-to-head rows with run names for the models and A's win rate with its n and Wilson interval."""
     labels: dict[str, str] = {}
@@ -597,5 +675,5 @@ def policy_ab_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for side in ("a", "b"):
             labels.setdefault(row[side], model_label(row[side]))
         out.append({**row, "a_label": labels[row["a"]], "b_label": labels[row["b"]],
-                    "a_win_text": proportion_text(row.get("a_win_rate"), row.get("pairs"))})
+                    "a_win_text": _interval_and_n(row.get("a_win_rate"), row.get("pairs"))})
     return out

@@ -19,6 +19,7 @@ urlpatterns = [
     path("launch/sft/", views.launch_sft, name="launch_sft"),
     path("launch/rm/", views.launch_rm, name="launch_rm"),
     path("launch/ppo/", views.launch_ppo, name="launch_ppo"),
+    path("launch/<str:kind>/defaults/", views.launch_defaults, name="launch_defaults"),
     path("new-round/", views.new_round, name="new_round"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("projects/", views.project_list, name="project_list"),

@@ -108,7 +108,11 @@ def _live_context(request: HttpRequest, run: TrainingRun, *, series: dict | None
         "log_tail": selectors.log_tail(run=run),
         "progress": selectors.run_progress(run),
         "summary_values": selectors.summary_values(run),
-        "evaluation": selectors.evaluation_view(run.evaluation or {}),
+        "evaluation": selectors.evaluation_view(
+            run.evaluation or {},
+            annotator_names=selectors.annotator_names(project=run.snapshot.project if run.snapshot else run.project)
+            if run.kind == TrainingRun.Kind.RM and run.evaluation else None,
+        ),
         "outputs": selectors.output_files(run=run),
         "checkpoints": list(run.checkpoints.order_by("step")),
         "can_resume": launching.can_resume(run),
@@ -355,6 +359,21 @@ def launch_ppo(request: HttpRequest) -> HttpResponse:
                             prompt_project=data.get("prompt_project")):
             return queued
     return render(request, "training/launch.html", {"form": form, "kind": "ppo", "title": "Train a policy with PPO"})
+
+
+LAUNCH_FORMS = {"rm": launch_forms.RMLaunchForm, "ppo": launch_forms.PPOLaunchForm}
+
+
+@staff_required
+@require_GET
+def launch_defaults(request: HttpRequest, kind: str) -> HttpResponse:
+    """htmx, on picking another model or data source: the suggestion line and, out of band, the derived
+    fields with the options that fit the new choice (the other fields keep what the user typed)."""
+    form_class = LAUNCH_FORMS.get(kind)
+    if form_class is None:
+        raise Http404("No such run kind.")
+    form = form_class(initial={name: request.GET.get(name) for name in form_class.source_fields})
+    return render(request, "training/_launch_defaults.html", {"form": form, "oob": True})
 
 
 @staff_required

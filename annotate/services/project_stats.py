@@ -182,9 +182,11 @@ def _charts(*, throughput_data: dict, quality_data: dict) -> dict[str, Any]:
             "days": throughput_data["days"],
             "annotators": [{"label": r["annotator"], "daily": r["daily"]} for r in throughput_data["rows"]],
         },
-        "position": [{"position": p["position"], "mean_score": p["mean_score"]} for p in position],
-        "consensus": {
-            "labels": [a["label"] for a in annotators],
+        "position": [{"position": p["position"], "mean_score": p["mean_score"], "rankings": p["rankings"]}
+                     for p in position],
+        "consensus": {  # each bar labelled with its sample size (strictly ordered pairs)
+            "labels": [f"{a['label']} (n = {a['consensus'].get('agree', 0) + a['consensus'].get('disagree', 0)})"
+                       for a in annotators],
             "agreement": [a["consensus"].get("agreement") for a in annotators],
             "tau_b": [a["consensus"].get("tau_b") for a in annotators],
         },

@@ -102,6 +102,8 @@ def project_quality(
         "overall": {
             **pooled.as_dict(),
             "tau_b": sum(taus) / len(taus) if taus else None,
+            "tau_b_n": len(taus),  # the mean is over annotator pairs
+            "tau_b_sd": agreement.sample_sd(taus),
             "annotator_pairs": len(pairs),
         },
         "annotators": [
@@ -113,7 +115,8 @@ def project_quality(
             for key in sorted(labels, key=lambda k: labels[k])
         ],
         "pairs": [
-            {"a": who(p.a), "b": who(p.b), "prompts": p.prompts, **p.counts.as_dict(), "tau_b": p.tau_b}
+            {"a": who(p.a), "b": who(p.b), "prompts": p.prompts, **p.counts.as_dict(), "tau_b": p.tau_b,
+             "tau_b_n": p.tau_b_n, "tau_b_sd": p.tau_b_sd}
             for p in pairs
         ],
         "consensus_method": "Borda count with ties (averaged ranks), leave-one-out for annotator agreement",

@@ -418,7 +418,9 @@
       ], { max: 1, min: -1 });
     }
     if (data.position && data.position.length) {
-      barChart("chart-position", data.position.map(function (p) { return "shown #" + p.position; }), [
+      barChart("chart-position", data.position.map(function (p) {
+        return "shown #" + p.position + (p.rankings !== undefined ? " (n = " + p.rankings + ")" : "");
+      }), [
         { label: "mean normalised rank score", data: data.position.map(function (p) { return p.mean_score; }),
           backgroundColor: color(2) },
         { label: "no bias", type: "line", data: data.position.map(function () { return 0.5; }),
@@ -442,6 +444,7 @@
     document.body.addEventListener("htmx:oobAfterSwap", followLog);
     initCompare();
     initStats();
+    initLaunchForm();
     document.body.addEventListener("htmx:afterSwap", function (event) {
       if (event.detail && event.detail.target && event.detail.target.id === "run-live") onLiveSwap();
     });
@@ -452,6 +455,28 @@
       if (!elt || !elt.hasAttribute || !elt.hasAttribute("data-live-cursor")) return;
       event.detail.parameters["after_id"] = window.workbench.cursor();
       event.detail.parameters["samples_step"] = window.workbench.samplesStep();
+    });
+  }
+
+  // --- Launch forms ---------------------------------------------------------------------------------------
+
+  // Picking another model or data source brings suggested options over htmx (out-of-band field swaps, see
+  // _launch_defaults.html). A field the user typed in keeps the user's value: the suggestion line still says
+  // what would fit.
+  function initLaunchForm() {
+    var form = document.querySelector("form.launch-form");
+    if (!form) return;
+    // htmx settles "style" by setting the attribute, which this page's CSP refuses (style-src-attr): the
+    // swapped inputs have the same ids as the old ones, so leave style out of the settled attributes here.
+    if (window.htmx) window.htmx.config.attributesToSettle = ["class", "width", "height"];
+    form.addEventListener("input", function (event) {
+      if (event.target.closest(".field") && !event.target.hasAttribute("hx-get")) event.target.dataset.edited = "1";
+    });
+    document.body.addEventListener("htmx:oobBeforeSwap", function (event) {
+      var target = event.detail && event.detail.target;
+      if (!target || !target.id || target.id.indexOf("field-") !== 0) return;
+      var input = target.querySelector("input, select, textarea");
+      if (input && input.dataset.edited) event.detail.shouldSwap = false;
     });
   }
 

@@ -10,6 +10,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.browser.helpers import log_in
+
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
@@ -35,11 +37,7 @@ def running_run(settings, tmp_path, django_user_model):
 
 
 def login(page, live_server, next_url):
-    page.goto(f"{live_server.url}/login/?next={next_url}")
-    page.fill("#id_username", "staffer")
-    page.fill("#id_password", "browser-pw-1")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"**{next_url}")
+    log_in(page, live_server, username="staffer", password="browser-pw-1", next_url=next_url)
 
 
 def _at_bottom(page) -> bool:

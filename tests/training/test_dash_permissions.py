@@ -11,7 +11,7 @@ import training.urls
 
 pytestmark = pytest.mark.django_db
 
-ARGS = {"run_id": 1, "job_id": 1, "project_id": 1, "relative": "config.json"}
+ARGS = {"run_id": 1, "job_id": 1, "project_id": 1, "relative": "config.json", "kind": "rm"}
 
 
 def _url_for(pattern: URLPattern, namespace: str = "") -> str:
@@ -72,7 +72,7 @@ def test_a_token_annotator_cannot_launch(client, annotator, world):
 def test_staff_can_open_every_dashboard_page(staff_client, world):
     """Every GET page renders for staff (with ids that exist)."""
     rm, ppo, project = world["rm"], world["ppo"], world["project"]
-    args = {"run_id": ppo.pk, "job_id": None, "project_id": project.pk, "relative": "config.json"}
+    args = {"run_id": ppo.pk, "job_id": None, "project_id": project.pk, "relative": "config.json", "kind": "ppo"}
     from training import jobs
 
     job = jobs.launch_rm_check(project=project, rm_run=rm)

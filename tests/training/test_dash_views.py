@@ -84,7 +84,7 @@ def test_run_page_has_curves_samples_evaluation_config_lineage_and_outputs(staff
 def test_rm_run_page_shows_per_annotator_table_checkpoints_and_output_links(staff_client, world):
     rm = world["rm"]
     html = staff_client.get(f"/dashboard/runs/{rm.pk}/").content.decode()
-    assert "heldout.per annotator" in html and "<th scope=\"row\">a1</th><td>0.9</td><td>20</td>" in html
+    assert "Accuracy per annotator" in html and "<th scope=\"row\">a1</th><td>90.0 %</td><td>69.9–97.2 %</td><td>20</td>" in html
     assert "step 2 ·" in html  # checkpoint
     assert f'href="/dashboard/runs/{rm.pk}/files/config.json"' in html
     assert "learning_rate" in html and "0.001" in html  # config
@@ -222,3 +222,22 @@ def test_compare_has_a_config_diff_a_final_values_table_and_grouped_charts(staff
     assert summary["loss"] == [1 / 3, 0.9]
     names = list(compare_series(runs=[rm, live]))
     assert names.index("accuracy") < names.index("loss") < names.index("lr")  # chart groups, not A–Z
+
+
+def test_compare_has_one_row_per_run_with_key_final_metrics_and_reward_and_loss_charts_first(staff_client, world):
+    from training.selectors import compare_series
+
+    rm, ppo, live = world["rm"], world["ppo"], world["live"]
+    page = staff_client.get("/dashboard/compare/", {"runs": [rm.pk, ppo.pk, live.pk]})
+    tables = page.context["tables"]
+    assert tables["key_metrics"] == ["reward", "accuracy", "loss", "kl"]
+    rows = {row["run"].pk: row for row in tables["runs"]}
+    assert rows[rm.pk]["finals"] == [None, pytest.approx(0.8), pytest.approx(1 / 3), None]
+    assert rows[ppo.pk]["finals"] == [pytest.approx(0.4), None, None, pytest.approx(1.0)]
+    assert rows[rm.pk]["step"] == 3 and rows[rm.pk]["headline"] == ("held-out accuracy", 0.8125)
+    html = page.content.decode()
+    assert 'id="compare-runs-table"' in html and "ppo-one" in html and ">Succeeded<" in html and ">Running<" in html
+    assert html.index('id="compare-runs-table"') < html.index('id="compare-config-diff"') \
+        < html.index('id="compare-charts"')
+    names = list(compare_series(runs=[rm, ppo]))
+    assert names[:4] == ["reward", "accuracy", "loss", "kl"] and names.index("kl") < names.index("lr")
