@@ -4,6 +4,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 
 from annotate.models import Project
+from training.rlhf.chat_format import PromptFormat, PromptFormatError
 
 SKIP_REASONS = [
     ("unclear_prompt", "The prompt is unclear or broken"),
@@ -47,19 +48,23 @@ class ProjectForm(forms.ModelForm):
 
     class Meta:
         model = Project
-        fields = ["name", "description", "k_min", "k_max", "annotators_per_prompt", "lease_minutes",
-                  "render_markdown"]
+        fields = ["name", "description", "task_types", "demonstration_start", "k_min", "k_max",
+                  "annotators_per_prompt", "lease_minutes", "prompt_format", "system_prompt", "render_markdown"]
         labels = {"k_min": "K min (responses per prompt)", "k_max": "K max", "render_markdown":
                   "Show model output as Markdown"}
         help_texts = {"k_min": "Prompts are offered once they have this many responses (4–9).",
                       "k_max": "The most responses a prompt may have (4–9)."}
-        widgets = {"description": forms.Textarea(attrs={"rows": 2})}
+        widgets = {"description": forms.Textarea(attrs={"rows": 2}), "system_prompt": forms.Textarea(attrs={"rows": 2})}
 
     def clean(self):
         cleaned = super().clean()
         k_min, k_max = cleaned.get("k_min"), cleaned.get("k_max")
         if k_min is not None and k_max is not None and k_min > k_max:
             self.add_error("k_max", "K max must be at least K min.")
+        try:  # the same rules every stage applies (training.rlhf.chat_format)
+            PromptFormat(kind=cleaned.get("prompt_format") or "plain", system_prompt=cleaned.get("system_prompt") or "")
+        except PromptFormatError as exc:
+            self.add_error("system_prompt", str(exc))
         return cleaned
 
 

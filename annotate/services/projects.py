@@ -50,11 +50,17 @@ def create_project(
     annotators_per_prompt: int = 1,
     lease_minutes: int = 30,
     render_markdown: bool = True,
+    task_types: str = Project.TaskTypes.RANKINGS,
+    demonstration_start: str = Project.DemonstrationStart.BLANK,
+    prompt_format: str = "plain",
+    system_prompt: str = "",
 ) -> Project:
     """A new, empty project (the caller validated the fields; the model's constraints hold the K range)."""
     project = Project(
         name=name.strip(), description=description, k_min=k_min, k_max=k_max,
         annotators_per_prompt=annotators_per_prompt, lease_minutes=lease_minutes, render_markdown=render_markdown,
+        task_types=task_types, demonstration_start=demonstration_start, prompt_format=prompt_format,
+        system_prompt=system_prompt.strip(),
     )
     project.full_clean()
     project.save()
