@@ -136,6 +136,7 @@ class ConfigForm(forms.Form):
         attrs = {
             "hx-get": reverse("training:launch_defaults", args=[kind]), "hx-trigger": "change",
             "hx-target": "#launch-suggestion", "hx-swap": "outerHTML",
+            "hx-sync": "closest form:replace",  # the latest choice wins: an earlier answer is dropped
             "hx-include": ", ".join(f"#id_{name}" for name in self.source_fields),
         }
         for name in self.source_fields:

@@ -68,6 +68,8 @@ def test_staff_launch_a_tiny_rm_run_and_watch_it_finish(page, live_server, dashb
     # The form offers what is under the roots and the recorded snapshot; the options come with their help.
     page.select_option("#id_snapshot", str(dashboard_world["snapshot"].pk))
     page.select_option("#id_base_model", dashboard_world["model"])
+    # The options derived from the model arrive over htmx; type over them once they are in.
+    page.wait_for_function("() => document.getElementById('launch-suggestion').textContent.includes('parameters')")
     assert "Peak AdamW learning rate" in page.inner_text("form.launch-form")
     page.fill("#id_name", "browser tiny rm")
     page.fill("#id_max_steps", "6")
