@@ -169,14 +169,15 @@ def _launch(request: Request, form_class, *, kind: str, sources) -> Response:
 @extend_schema(
     request=OpenApiTypes.OBJECT, responses={201: RunDetailSerializer},
     description="Fields as on the dashboard's form: `snapshot` (the id of a demonstrations snapshot; its prompt "
-                "format is used), `base_model` (a model directory under the model roots), `name`, and any SFTConfig "
-                "option by name.",
+                "format is used) or `project` (id: export its accepted demonstrations now, `export_test_fraction`), "
+                "`base_model` (a model directory under the model roots), `name`, and any SFTConfig option by name.",
 )
 @api_view(["POST"])
 @permission_classes(STAFF)
 def launch_sft(request: Request) -> Response:
-    return _launch(request, launch_forms.SFTLaunchForm, kind="sft",
-                   sources=lambda data, form: {"snapshot": data["snapshot"]})
+    return _launch(request, launch_forms.SFTLaunchForm, kind="sft", sources=lambda data, form: {
+        "snapshot": data.get("snapshot"), "export_project": data.get("project"),
+        "export_options": form.export_options()})
 
 
 @extend_schema(

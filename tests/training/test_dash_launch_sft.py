@@ -111,6 +111,37 @@ def test_bad_sft_launches_show_their_reasons(staff_client, roots_in_tmp, model_d
     assert not TrainingRun.objects.exists()
 
 
+def test_export_now_fine_tunes_on_the_project_s_accepted_demonstrations(staff_client, roots_in_tmp, model_dir,
+                                                                       sft_snapshot):
+    from annotate.models import Demonstration, Prompt
+
+    project = Project.objects.create(name="Chatty", prompt_format="chat", system_prompt="Be brief.")
+    for i, status in enumerate(["accepted", "accepted", "rejected"]):
+        prompt = Prompt.objects.create(project=project, text=f"Review place {i}:")
+        Demonstration.objects.create(prompt=prompt, text=f" Lovely {i}.", status=status, source="imported")
+    page = staff_client.get(f"/dashboard/launch/sft/?project={project.pk}")
+    assert page.context["form"].initial["project"] == project.pk
+    assert f"/dashboard/launch/sft/?project={project.pk}" in staff_client.get(
+        f"/dashboard/projects/{project.pk}/").content.decode()
+    base = form_data(SFTLaunchForm(), base_model=str(model_dir))
+    errors = staff_client.post("/dashboard/launch/sft/", {**base, "snapshot": sft_snapshot.pk,
+                                                          "project": project.pk}).context["form"].errors
+    assert "not both" in errors["snapshot"][0]
+    response = staff_client.post("/dashboard/launch/sft/", {**base, "project": project.pk,
+                                                            "export_test_fraction": "0"})
+    assert response.status_code == 302, response.context["form"].errors
+    run = TrainingRun.objects.get()
+    snapshot = run.snapshot
+    assert snapshot.kind == "sft" and snapshot.project == project and snapshot.counts["train"] == 2
+    assert run.config["dataset"] == snapshot.path and Path(snapshot.path, "train.jsonl").is_file()
+    assert run.config["prompt_format"] == "chat" and run.config["system_prompt"] == "Be brief."
+
+    Demonstration.objects.filter(status="accepted").update(status="rejected")
+    response = staff_client.post("/dashboard/launch/sft/", {**base, "project": project.pk})
+    assert "no accepted demonstrations" in response.context["form"].errors["project"][0]
+    assert TrainingRun.objects.count() == 1 and DatasetSnapshot.objects.filter(kind="sft").count() == 2
+
+
 def test_the_sft_form_needs_staff_and_csrf(client, annotator, staff, roots_in_tmp, model_dir, sft_snapshot):
     data = form_data(SFTLaunchForm(), snapshot=sft_snapshot.pk, base_model=str(model_dir))
     client.force_login(annotator)
