@@ -206,6 +206,7 @@ def test_every_later_stage_offers_the_sft_model(roots_in_tmp, sft_run, world):
     assert model in dict(SampleResponsesForm(project=world["project"]).fields["model"].choices)
     label = dict(PPOLaunchForm().fields["policy_model"].choices)[model]
     assert label.startswith(f"SFT run {sft_run.pk}")
+    assert selectors.model_label(model) == f"SFT run {sft_run.pk} (sft-one)"  # in the rounds' A/B tables
     TrainingRun.objects.filter(pk=sft_run.pk).update(status="failed")  # only a run that succeeded
     assert model not in dict(PPOLaunchForm().fields["policy_model"].choices)
 
