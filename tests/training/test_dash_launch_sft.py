@@ -234,7 +234,10 @@ def test_ppo_from_the_sft_model_records_it_as_policy_and_shows_the_lineage(staff
     assert len(load_texts(train_file)) == 4  # what PPO-ptx reads: prompt + response per demonstration
     upstream = [node.label for node in selectors.lineage(run=ppo).upstream]
     assert upstream[0] == str(sft_run) and str(world["rm"]) in upstream
-    assert str(ppo) in [node.label for node in selectors.lineage(run=sft_run).downstream]
+    sft_lineage = selectors.lineage(run=sft_run)
+    assert [n.kind for n in sft_lineage.upstream] == ["snapshot", "sft"]  # trained on its demonstrations snapshot
+    assert sft_lineage.upstream[0].label == f"snapshot {sft_run.snapshot.content_hash[:12]}"
+    assert str(ppo) in [node.label for node in sft_lineage.downstream]
 
 
 def test_an_rm_on_the_sft_backbone_records_it(staff_client, roots_in_tmp, sft_run, world):
