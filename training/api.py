@@ -71,7 +71,7 @@ class SampleSerializer(serializers.Serializer):
 
 
 class RunList(generics.ListAPIView):
-    """Training runs, newest first; filter with ?kind=rm|ppo and ?status=…."""
+    """Training runs, newest first; filter with ?kind=sft|rm|ppo and ?status=…."""
 
     serializer_class = RunSerializer
     permission_classes = STAFF
