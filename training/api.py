@@ -71,7 +71,7 @@ class SampleSerializer(serializers.Serializer):
 
 
 class RunList(generics.ListAPIView):
-    """Training runs, newest first; filter with ?kind=rm|ppo and ?status=…."""
+    """Training runs, newest first; filter with ?kind=sft|rm|ppo and ?status=…."""
 
     serializer_class = RunSerializer
     permission_classes = STAFF
@@ -171,14 +171,15 @@ def _launch(request: Request, form_class, *, kind: str, sources, initial_from: t
 @extend_schema(
     request=OpenApiTypes.OBJECT, responses={201: RunDetailSerializer},
     description="Fields as on the dashboard's form: `snapshot` (the id of a demonstrations snapshot; its prompt "
-                "format is used), `base_model` (a model directory under the model roots), `name`, and any SFTConfig "
-                "option by name.",
+                "format is used) or `project` (id: export its accepted demonstrations now, `export_test_fraction`), "
+                "`base_model` (a model directory under the model roots), `name`, and any SFTConfig option by name.",
 )
 @api_view(["POST"])
 @permission_classes(STAFF)
 def launch_sft(request: Request) -> Response:
-    return _launch(request, launch_forms.SFTLaunchForm, kind="sft",
-                   sources=lambda data, form: {"snapshot": data["snapshot"]})
+    return _launch(request, launch_forms.SFTLaunchForm, kind="sft", sources=lambda data, form: {
+        "snapshot": data.get("snapshot"), "export_project": data.get("project"),
+        "export_options": form.export_options()})
 
 
 @extend_schema(

@@ -456,9 +456,18 @@ class SFTLaunchForm(ConfigForm):
 
     name = forms.CharField(max_length=200, required=False, help_text="A label for the runs list (optional).")
     snapshot = forms.ModelChoiceField(
-        queryset=DatasetSnapshot.objects.none(), label="Demonstrations",
+        queryset=DatasetSnapshot.objects.none(), required=False, label="Demonstrations",
         help_text="A demonstrations snapshot exported earlier (export_demonstrations); the run uses its prompt "
                   "format (plain text or the chat template, as the project declares).",
+    )
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(), required=False, label="Or export now from project",
+        help_text="Export this project's accepted demonstrations to a new snapshot now and fine-tune on it.",
+    )
+    export_test_fraction = forms.FloatField(
+        initial=0.1, min_value=0.0, max_value=0.9, label="Held-out fraction",
+        help_text="Share of prompts in the test split (split by prompt, as the ranking export does).",
+        widget=forms.NumberInput(attrs={"step": "any"}),
     )
     base_model = RootPathChoiceField(
         allowed_roots=_allowed_model_roots, label="Pre-trained model",
@@ -470,13 +479,22 @@ class SFTLaunchForm(ConfigForm):
         super().__init__(*args, **kwargs)
         self.fields["snapshot"].queryset = snapshot_queryset(kind=DatasetSnapshot.Kind.SFT)
         self.fields["snapshot"].label_from_instance = snapshot_label
+        self.fields["project"].queryset = project_queryset()
         self.fields["base_model"].choices = [
             ("", "— choose a model —"), *model_choices(include_runs=(TrainingRun.Kind.SFT,)),
         ]
 
+    def export_options(self) -> dict[str, Any]:
+        fraction = self.cleaned_data.get("export_test_fraction")
+        return {"test_fraction": 0.1 if fraction is None else fraction}
+
     def managed_values(self) -> dict[str, Any]:
-        # The dataset and the prompt format are the snapshot's: the pipeline fills them in.
-        return {"model": self.cleaned_data.get("base_model") or ""}
+        data = self.cleaned_data
+        if bool(data.get("snapshot")) == bool(data.get("project")):
+            self.add_error("snapshot", "Choose a demonstrations snapshot, or a project to export now (not both).")
+        # The dataset and the prompt format are the snapshot's (or the one exported at launch): the pipeline
+        # fills them in.
+        return {"model": data.get("base_model") or ""}
 
 
 def sft_train_file(snapshot: DatasetSnapshot | None) -> str | None:

@@ -69,17 +69,41 @@ def _check_snapshot_kind(snapshot, *, kind: str, trainer: str) -> None:
                           "snapshot.", field="snapshot")
 
 
-def _sft_inputs(*, options: dict[str, Any], snapshot=None, project=None, **_: Any) -> dict[str, Any]:
-    """SFT: a recorded demonstrations snapshot or a dataset path. The prompt format is the data's (its
-    manifest's, written from the project's) unless the launch names one; a format that contradicts the
-    snapshot's is refused (the SFT model's format is the one every later stage must use)."""
+def _export_now(export, *, project, prefix: str, field: str | None, written: list[Path], **params: Any):
+    """`export(project=…, out_dir=…, **params)` (an annotate export service) into a new snapshot directory under
+    the data root, named `<prefix>-<time>-<random>`; recorded in `written` so a refused launch removes it."""
+    from annotate.services.exporting import ExportError, snapshot_dir_for
+
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+    try:
+        snapshot = export(project=project, out_dir=snapshot_dir_for(project=project, name=f"{prefix}-{stamp}"),
+                          **params)
+    except ExportError as exc:
+        raise LaunchError(str(exc), field=field) from exc
+    written.append(Path(snapshot.path))
+    return snapshot
+
+
+def _sft_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, export_options=None,
+                project=None, created_by=None, written: list[Path], **_: Any) -> dict[str, Any]:
+    """SFT: a recorded demonstrations snapshot, a project's accepted demonstrations exported now (a new SFT
+    snapshot), or a dataset path. The prompt format is the data's (its manifest's, written from the project's)
+    unless the launch names one; a format that contradicts the snapshot's is refused (the SFT model's format is
+    the one every later stage must use)."""
     from training.rlhf.chat_format import PromptFormat, PromptFormatError
     from training.rlhf.data import DatasetError
     from training.rlhf.sft_data import read_sft_manifest
 
-    if snapshot is None and not options.get("dataset"):
-        raise LaunchError("Choose a demonstrations (SFT) snapshot, or a dataset path.", field="snapshot")
+    sources = (snapshot is not None) + (export_project is not None)
+    if sources > 1 or (sources == 0 and not options.get("dataset")):
+        raise LaunchError("Choose a demonstrations (SFT) snapshot, or a project to export now (not both), or a "
+                          "dataset path.", field="snapshot")
     _check_snapshot_kind(snapshot, kind="sft", trainer="SFT")
+    if export_project is not None:
+        from annotate.services.export_sft import export_sft_snapshot
+
+        snapshot = _export_now(export_sft_snapshot, project=export_project, prefix="sft", field="project",
+                               written=written, created_by=created_by, **(export_options or {}))
     dataset = snapshot.path if snapshot is not None else options["dataset"]
     config: dict[str, Any] = {"dataset": dataset} if snapshot is not None else {}
     try:
@@ -116,17 +140,10 @@ def _rm_inputs(*, options: dict[str, Any], snapshot=None, export_project=None, e
     if sources > 1 or (sources == 0 and not options.get("dataset")):
         raise LaunchError("Choose a snapshot, or a project to export now (not both).", field="snapshot")
     if export_project is not None:
-        from annotate.services.exporting import ExportError, export_snapshot, snapshot_dir_for
+        from annotate.services.exporting import export_snapshot
 
-        stamp = timezone.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-        try:
-            snapshot = export_snapshot(
-                project=export_project, out_dir=snapshot_dir_for(project=export_project, name=f"rm-{stamp}"),
-                created_by=created_by, **(export_options or {}),
-            )
-        except ExportError as exc:
-            raise LaunchError(str(exc)) from exc
-        written.append(Path(snapshot.path))
+        snapshot = _export_now(export_snapshot, project=export_project, prefix="rm", field=None, written=written,
+                               created_by=created_by, **(export_options or {}))
     if snapshot is not None:
         inputs = {"config": {"dataset": snapshot.path}, "snapshot": snapshot, "project": snapshot.project}
     else:

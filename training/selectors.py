@@ -648,10 +648,12 @@ def summary_values(run: TrainingRun) -> list[tuple[str, Any]]:
 
 
 def model_label(path: str) -> str:
-    """A model directory by the run that wrote it ("PPO run 7 (name)"), or whose start policy it was; else its
-    last two path parts. For tables that would otherwise show file paths."""
+    """A model directory by the run that wrote it ("SFT run 3", "PPO run 7 (name)"), or whose start policy it was;
+    else its last two path parts. For tables that would otherwise show file paths."""
     if not path or path == "imported":
         return path or "–"
+    if (sft := find_sft_run(path)) is not None:
+        return str(sft)
     for run in TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO).only("pk", "kind", "name", "outputs", "config"):
         if (run.outputs or {}).get("policy") == path:
             return str(run)

@@ -312,10 +312,14 @@ def launch_sft(request: HttpRequest) -> HttpResponse:
     initial = {}
     if snapshot_id := _int_or_none(request.GET.get("snapshot")):
         initial["snapshot"] = snapshot_id
+    if project_id := _int_or_none(request.GET.get("project")):
+        initial["project"] = project_id
     initial.update(_again(request, kind="sft", form_class=launch_forms.SFTLaunchForm))
     form = launch_forms.SFTLaunchForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        if queued := _queue(request, form, kind="sft", snapshot=form.cleaned_data["snapshot"]):
+        data = form.cleaned_data
+        if queued := _queue(request, form, kind="sft", snapshot=data.get("snapshot"),
+                            export_project=data.get("project"), export_options=form.export_options()):
             return queued
     return render(request, "training/launch.html",
                   {"form": form, "kind": "sft", "title": "Fine-tune a model on demonstrations (SFT)"})

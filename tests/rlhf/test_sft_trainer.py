@@ -293,3 +293,15 @@ def test_a_rankings_file_or_a_missing_split_is_a_clear_error(random_lm_dir, rank
         write_split(tmp_path / "one.jsonl", [{"prompt": "p", "response": "r"}])
         train_sft(config_for(random_lm_dir, tmp_path / "one.jsonl", tmp_path / "c", prompt_format="chat"),
                   reporter=RecordingReporter())
+
+
+def test_a_tokenizer_without_pad_gets_one_distinct_from_eos(random_lm_no_pad_dir, demo_sft_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = train_sft(config_for(random_lm_no_pad_dir, demo_sft_dir, tmp_path / "out", max_steps=1,
+                                  sample_prompts=0), reporter=RecordingReporter())
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)  # resized for the new token
+    assert model.config.pad_token_id == tokenizer.pad_token_id

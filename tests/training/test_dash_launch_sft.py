@@ -111,6 +111,37 @@ def test_bad_sft_launches_show_their_reasons(staff_client, roots_in_tmp, model_d
     assert not TrainingRun.objects.exists()
 
 
+def test_export_now_fine_tunes_on_the_project_s_accepted_demonstrations(staff_client, roots_in_tmp, model_dir,
+                                                                       sft_snapshot):
+    from annotate.models import Demonstration, Prompt
+
+    project = Project.objects.create(name="Chatty", prompt_format="chat", system_prompt="Be brief.")
+    for i, status in enumerate(["accepted", "accepted", "rejected"]):
+        prompt = Prompt.objects.create(project=project, text=f"Review place {i}:")
+        Demonstration.objects.create(prompt=prompt, text=f" Lovely {i}.", status=status, source="imported")
+    page = staff_client.get(f"/dashboard/launch/sft/?project={project.pk}")
+    assert page.context["form"].initial["project"] == project.pk
+    assert f"/dashboard/launch/sft/?project={project.pk}" in staff_client.get(
+        f"/dashboard/projects/{project.pk}/").content.decode()
+    base = form_data(SFTLaunchForm(), base_model=str(model_dir))
+    errors = staff_client.post("/dashboard/launch/sft/", {**base, "snapshot": sft_snapshot.pk,
+                                                          "project": project.pk}).context["form"].errors
+    assert "not both" in errors["snapshot"][0]
+    response = staff_client.post("/dashboard/launch/sft/", {**base, "project": project.pk,
+                                                            "export_test_fraction": "0"})
+    assert response.status_code == 302, response.context["form"].errors
+    run = TrainingRun.objects.get()
+    snapshot = run.snapshot
+    assert snapshot.kind == "sft" and snapshot.project == project and snapshot.counts["train"] == 2
+    assert run.config["dataset"] == snapshot.path and Path(snapshot.path, "train.jsonl").is_file()
+    assert run.config["prompt_format"] == "chat" and run.config["system_prompt"] == "Be brief."
+
+    Demonstration.objects.filter(status="accepted").update(status="rejected")
+    response = staff_client.post("/dashboard/launch/sft/", {**base, "project": project.pk})
+    assert "no accepted demonstrations" in response.context["form"].errors["project"][0]
+    assert TrainingRun.objects.count() == 1 and DatasetSnapshot.objects.filter(kind="sft").count() == 2
+
+
 def test_the_sft_form_needs_staff_and_csrf(client, annotator, staff, roots_in_tmp, model_dir, sft_snapshot):
     data = form_data(SFTLaunchForm(), snapshot=sft_snapshot.pk, base_model=str(model_dir))
     client.force_login(annotator)
@@ -175,6 +206,7 @@ def test_every_later_stage_offers_the_sft_model(roots_in_tmp, sft_run, world):
     assert model in dict(SampleResponsesForm(project=world["project"]).fields["model"].choices)
     label = dict(PPOLaunchForm().fields["policy_model"].choices)[model]
     assert label.startswith(f"SFT run {sft_run.pk}")
+    assert selectors.model_label(model) == f"SFT run {sft_run.pk} (sft-one)"  # in the rounds' A/B tables
     TrainingRun.objects.filter(pk=sft_run.pk).update(status="failed")  # only a run that succeeded
     assert model not in dict(PPOLaunchForm().fields["policy_model"].choices)
 
@@ -202,7 +234,10 @@ def test_ppo_from_the_sft_model_records_it_as_policy_and_shows_the_lineage(staff
     assert len(load_texts(train_file)) == 4  # what PPO-ptx reads: prompt + response per demonstration
     upstream = [node.label for node in selectors.lineage(run=ppo).upstream]
     assert upstream[0] == str(sft_run) and str(world["rm"]) in upstream
-    assert str(ppo) in [node.label for node in selectors.lineage(run=sft_run).downstream]
+    sft_lineage = selectors.lineage(run=sft_run)
+    assert [n.kind for n in sft_lineage.upstream] == ["snapshot", "sft"]  # trained on its demonstrations snapshot
+    assert sft_lineage.upstream[0].label == f"snapshot {sft_run.snapshot.content_hash[:12]}"
+    assert str(ppo) in [node.label for node in sft_lineage.downstream]
 
 
 def test_an_rm_on_the_sft_backbone_records_it(staff_client, roots_in_tmp, sft_run, world):

@@ -14,8 +14,8 @@ from training.models import Checkpoint, Metric, Sample, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
-FAST = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "checkpoint_every": 0, "sample_prompts": 2,
-        "max_new_tokens": 12, "no_progress": True}
+FAST = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.0, "checkpoint_every": 0,
+        "sample_prompts": 2, "max_new_tokens": 12, "no_progress": True}
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_train_sft_records_a_succeeded_run(tiny_model_dir, sft_dir, tmp_path, ru
         assert list(Metric.objects.filter(run=run, name=name).values_list("step", flat=True)) == [1, 2, 3, 4], name
     assert Metric.objects.filter(run=run, name="eval/perplexity", step=4).exists()
     before, after = run.evaluation["before"], run.evaluation["after"]
-    assert after["loss"] < before["loss"] and "oracle" in after["samples"]
+    assert after["loss"] < before["loss"] - 0.3 and "oracle" in after["samples"]  # here 2.93 → 1.22
     assert run.summary["step"] == 4
     samples = list(Sample.objects.filter(run=run))
     assert len(samples) == 2 and samples[0].extra["demonstration"] == SFT_ANSWER and "before" in samples[0].extra
