@@ -27,7 +27,9 @@ PLAN = PLANS[DemoSize.SMALL]
 # (2026-12-03): its RM is not reliably better than that on every machine yet (issue 14), so the test asks for
 # better than chance only.
 RM_ORACLE_FLOOR = 0.5
-SFT_MARGIN = 0.0  # set from the measured runs below
+# SFT over the pre-trained model on PPO's held-out prompts: +0.47 to +0.49 in the three runs measured (seeds 0 and 1,
+# seed 1 also under ATEN_CPU_CAPABILITY=avx2; bench/RESULTS.md "`make demo`"), each with its 95 % interval above 0.
+SFT_MARGIN = 0.2
 
 
 @pytest.fixture
