@@ -1,12 +1,18 @@
 """The demo: the whole RLHF loop on the demo task, on this machine, then the app to explore it.
 
-Each stage calls the services the UI and the commands use — the import service, the sampler, the annotation
-queue and submit path (through simulated annotators), the exporter, the dashboard's launch functions, the
-django-tasks queue and a real `db_worker` that runs train_rm / train_ppo as child processes. Nothing here is
-demo-only logic except the choice of sizes (`DemoPlan`) and the orchestration.
+The three stages of InstructGPT on a tiny model: supervised fine-tuning on demonstrations, a reward model on
+rankings of the SFT model's responses, and PPO from the SFT model (policy and reference) against that reward
+model; then the oracle score of the pre-trained, the SFT and the PPO model on the same held-out prompts.
 
-Re-running is cheap: the model build, import, sampling and annotation stages continue where they stopped, and
-a reward-model / PPO / new-round stage whose result already exists for the same data is reused.
+Each stage calls the services the UI and the commands use — the import service, the sampler, the demonstration
+and annotation queues and their submit paths (through simulated annotators), the staff review, the exporters,
+the dashboard's launch functions, the django-tasks queue and a real `db_worker` that runs train_sft / train_rm /
+train_ppo as child processes. Nothing here is demo-only logic except the choice of sizes (`DemoPlan`), what the
+simulated annotators write (`BestOfSamples`) and the orchestration.
+
+Re-running is cheap: the model build, import, demonstration, sampling and annotation stages continue where they
+stopped, and an SFT / reward-model / PPO / new-round stage whose result already exists for the same data is
+reused.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.utils import timezone
 
-from annotate.models import DatasetSnapshot, Project, Prompt, Ranking, Response
+from annotate.models import DatasetSnapshot, Demonstration, Project, Prompt, Ranking, Response
 from training import roots
 from training.models import Job, TrainingRun
 
@@ -74,6 +80,9 @@ class DemoPlan:
     agreement: float  # target pairwise agreement of the simulated annotators (InstructGPT's labelers: ~0.73)
     max_new_tokens: int
     export_test_fraction: float
+    demonstrations: int  # round-1 prompts given one demonstration each (the SFT data)
+    best_of: int  # a simulated demonstration: the oracle's best of this many pre-trained samples, lightly noised
+    sft: dict[str, Any]  # SFTConfig overrides
     rm: dict[str, Any]  # RewardModelConfig overrides
     ppo: dict[str, Any]  # PPOConfig overrides
     new_round_prompts: int
@@ -84,6 +93,9 @@ PLANS = {
     DemoSize.FULL: DemoPlan(
         prompts=120, k=8, annotators_per_prompt=3, simulated_annotators=4, agreement=0.73, max_new_tokens=48,
         export_test_fraction=0.15,
+        demonstrations=90, best_of=8,
+        sft={"epochs": 3, "batch_size": 8, "learning_rate": 5e-4, "warmup_ratio": 0.05, "max_length": 96,
+             "sample_prompts": 16, "max_new_tokens": 48, "checkpoint_every": 0, "log_every": 2},
         rm={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 128,
             "checkpoint_every": 20, "eval_every": 10, "log_every": 5},
         ppo={"total_episodes": 1280, "rollout_batch_size": 32, "mini_batch_size": 16, "micro_batch_size": 16,
@@ -94,11 +106,18 @@ PLANS = {
     DemoSize.SMALL: DemoPlan(
         prompts=48, k=6, annotators_per_prompt=2, simulated_annotators=2, agreement=0.73, max_new_tokens=32,
         export_test_fraction=0.25,
-        rm={"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 96,
+        demonstrations=36, best_of=8,
+        sft={"epochs": 3, "batch_size": 8, "learning_rate": 5e-4, "warmup_ratio": 0.05, "max_length": 96,
+             "sample_prompts": 8, "max_new_tokens": 32, "checkpoint_every": 0, "log_every": 2},
+        # 3 epochs: on the SFT model's responses 2 left the RM at chance against the oracle (0.48 on 306 held-out
+        # pairs, seed 0); 3 reached 0.71 on the same data (bench/RESULTS.md "`make demo`")
+        rm={"epochs": 3, "batch_size": 4, "learning_rate": 1e-3, "warmup_ratio": 0.05, "max_length": 96,
             "checkpoint_every": 0, "log_every": 2},
         # lr 1e-4 and a selection point every 2 iterations: at 2e-4 with one every 5, 2 of 4 runs passed the KL
-        # stop (6 nats) before any point beat the start, and kept the start (bench/RESULTS.md)
-        ppo={"iterations": 40, "lr": 1e-4, "rollout_batch_size": 16, "mini_batch_size": 8, "micro_batch_size": 8,
+        # stop (6 nats) before any point beat the start, and kept the start (bench/RESULTS.md). From the SFT model
+        # the KL grows faster: at β0 = 0.05 seed 0 stopped at iteration 13 and kept iteration 2; β0 = 0.1 ran to
+        # iteration 16 and kept it (bench/RESULTS.md "The three stages")
+        ppo={"iterations": 40, "lr": 1e-4, "init_kl_coef": 0.1, "rollout_batch_size": 16, "mini_batch_size": 8, "micro_batch_size": 8,
              "ppo_epochs": 4, "response_length": 24, "eval_fraction": 0.25, "eval_max_prompts": 12,
              "eval_samples": 8, "select_fraction": 0.2, "select_every": 2, "sample_every": 5,
              "samples_per_table": 4, "checkpoint_every": 0},
@@ -167,9 +186,9 @@ def ensure_demo_project(*, name: str, plan: DemoPlan) -> Project:
         name=name,
         defaults={
             "description": "The demo task: short reviews of places, scored by a hidden oracle (training/rlhf/"
-                           "demo_task.py). Round 1 is ranked by simulated annotators; later rounds are for you.",
+                           "demo_task.py). Round 1 is written and ranked by simulated annotators; later rounds are for you.",
             "guidelines": DEMO_GUIDELINES, "k_min": 4, "k_max": 9,
-            "annotators_per_prompt": plan.annotators_per_prompt,
+            "annotators_per_prompt": plan.annotators_per_prompt, "task_types": Project.TaskTypes.BOTH,
         },
     )
     project.annotators.add(*get_user_model().objects.filter(username__in=DEMO_ANNOTATORS))
@@ -396,7 +415,6 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
                        services: DemoServices, out: Out) -> TrainingRun:
     """Export round 1 as a snapshot and train the reward model on it (reusing a run on identical data)."""
     from annotate.services.exporting import export_snapshot, snapshot_dir_for
-    from training.launching import launch_run
 
     digest = current_rankings_hash(project=project, plan=plan, seed=seed)
     earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.RM, project=project, snapshot__content_hash=digest)
@@ -404,8 +422,7 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
                              desc="reward model", out=out)
     if again is not None:
         return again
-    snapshot = next((s for s in DatasetSnapshot.objects.filter(project=project, content_hash=digest).order_by("-pk")
-                     if Path(s.path, "manifest.json").is_file()), None)
+    snapshot = recorded_snapshot(project=project, kind=DatasetSnapshot.Kind.RANKINGS, digest=digest)
     if snapshot is None:
         snapshot = export_snapshot(
             project=project, out_dir=snapshot_dir_for(project=project, name=f"demo-{digest[:12]}"), format="datasets",
@@ -413,15 +430,178 @@ def reward_model_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir
     kwise, pairs = snapshot.counts.get("kwise", {}), snapshot.counts.get("pairwise", {})
     out(f"   snapshot {snapshot.content_hash[:12]} at {snapshot.path}: {kwise.get('train', '?')} train / "
         f"{kwise.get('test', '?')} held-out rankings ({pairs.get('train', '?')} / {pairs.get('test', '?')} pairs)")
-    run = launch_run(kind="rm", options={"model": str(model_dir), "seed": seed, **plan.rm}, snapshot=snapshot,
-                     name="demo reward model", created_by=staff)
+    return train_in_worker(kind="rm", options={"model": str(model_dir), "seed": seed, **plan.rm}, snapshot=snapshot,
+                           name="demo reward model", desc="reward model", staff=staff, services=services, out=out)
+
+
+def recorded_snapshot(*, project: Project, kind: str, digest: str) -> DatasetSnapshot | None:
+    """The newest recorded snapshot of this content whose files are still there."""
+    return next((s for s in DatasetSnapshot.objects.filter(project=project, kind=kind, content_hash=digest)
+                 .order_by("-pk") if Path(s.path, "manifest.json").is_file()), None)
+
+
+def train_in_worker(*, kind: str, options: dict[str, Any], snapshot: DatasetSnapshot, name: str, desc: str, staff,
+                    services: DemoServices, out: Out) -> TrainingRun:
+    """Queue a run on `snapshot` through the dashboard's launch function and wait for the worker to finish it."""
+    from training.launching import launch_run
+
+    run = launch_run(kind=kind, options=options, snapshot=snapshot, name=name, created_by=staff)
     out(f"   queued {run}; the worker trains it: /dashboard/runs/{run.pk}/")
-    return wait_for_run(run=run, services=services, desc="reward model")
+    return wait_for_run(run=run, services=services, desc=desc)
+
+
+# --- Stage: demonstrations and SFT ---------------------------------------------------------------------------
+
+
+class BestOfSamples:
+    """What a simulated annotator writes for a prompt: the oracle's best of `m` samples from the pre-trained
+    model, lightly noised (`simulation.lightly_noised`) — a careful writer who knows what a good review is, with
+    a slip now and then. Samples for the prompts the queue will hand out are drawn in batches up front."""
+
+    def __init__(self, *, model_dir: Path, m: int, max_new_tokens: int, seed: int) -> None:
+        from training.rlhf.sampling import SamplingParams, load_policy
+
+        self.policy = load_policy(model_dir)
+        self.m = m
+        self.params = SamplingParams(max_new_tokens=max_new_tokens, batch_size=32)
+        self.seed = seed
+        self.best: dict[str, str] = {}
+
+    def prefetch(self, prompts: list[str]) -> None:
+        from training.rlhf.demo_task import oracle_score
+        from training.rlhf.sampling import generate_texts
+
+        todo = [p for p in dict.fromkeys(prompts) if p not in self.best]
+        texts = [g.text for g in generate_texts(self.policy.model, self.policy.tokenizer,
+                                                [p for p in todo for _ in range(self.m)], params=self.params,
+                                                seed=self.seed + len(self.best))]
+        for i, prompt in enumerate(todo):
+            candidates = [t for t in texts[i * self.m:(i + 1) * self.m] if t.strip()]
+            self.best[prompt] = max(candidates, key=lambda t: oracle_score(prompt, t)) if candidates else ""
+
+    def __call__(self, prompt: str, rng) -> str:
+        from annotate.services.simulation import lightly_noised
+
+        if prompt not in self.best:
+            self.prefetch([prompt])
+        best = self.best[prompt]
+        return lightly_noised(best, rng=rng) if best else ""
+
+
+def demonstrations_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, staff,
+                         out: Out) -> dict[str, Any]:
+    """Simulated annotators write demonstrations for `plan.demonstrations` round-1 prompts through the
+    demonstration queue and submit path; the staff user accepts them through the review service."""
+    from annotate.services.demonstrations import review_demonstration, review_queue
+    from annotate.services.simulation import simulate_demonstrations
+
+    written = Demonstration.objects.filter(prompt__project=project, prompt__round=1,
+                                           status__in=(Demonstration.Status.SUBMITTED, Demonstration.Status.ACCEPTED))
+    needed = plan.demonstrations - written.count()
+    if needed > 0 and Prompt.objects.filter(project=project, round__gt=1).exists():
+        out(f"   round 1 still needs {needed} demonstration(s), but a later round is open for humans: not simulating")
+    elif needed > 0:
+        started = time.monotonic()
+        writer = BestOfSamples(model_dir=model_dir, m=plan.best_of, max_new_tokens=plan.max_new_tokens, seed=seed)
+        # The queue hands out the prompts with the fewest demonstrations first, then by id: sample those now.
+        upcoming = list(Prompt.objects.filter(project=project, round=1, num_demonstrations=0)
+                        .order_by("pk").values_list("text", flat=True)[:needed])
+        writer.prefetch(upcoming)
+        out(f"   {plan.best_of} samples from the pre-trained model for each of {len(upcoming)} prompts, the oracle's "
+            f"best kept: {time.monotonic() - started:.1f} s")
+        simulated = simulate_demonstrations(project=project, annotators=plan.simulated_annotators, write=writer,
+                                            limit=needed, seed=seed, progress=True)
+        for line in simulated.lines():
+            out(f"   {line}")
+    else:
+        out(f"   round 1 has its {plan.demonstrations} demonstrations already")
+    accepted = 0
+    for demonstration in review_queue(project=project):
+        review_demonstration(reviewer=staff, demonstration_id=demonstration.pk, action="accept")
+        accepted += 1
+    if accepted:
+        out(f"   {staff.username} accepted {accepted} demonstration(s) in review")
+    return {"demonstrations": Demonstration.objects.filter(prompt__project=project,
+                                                           status=Demonstration.Status.ACCEPTED).count()}
+
+
+def sft_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, staff, services: DemoServices,
+              out: Out) -> TrainingRun:
+    """Export the accepted demonstrations as an SFT snapshot and fine-tune the tiny model on them through the
+    worker (reusing a run on identical data)."""
+    from annotate.services.export_sft import build_sft_records, export_sft_snapshot, sft_content_hash
+    from annotate.services.exporting import snapshot_dir_for
+
+    digest = sft_content_hash(build_sft_records(project=project, test_fraction=plan.export_test_fraction,
+                                                seed=seed, rounds=[1]))
+    earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.SFT, project=project, snapshot__content_hash=digest)
+    again = _reuse_or_resume(runs=earlier, what="it was fine-tuned on these exact demonstrations", staff=staff,
+                             services=services, desc="SFT", out=out)
+    if again is not None:
+        return again
+    snapshot = recorded_snapshot(project=project, kind=DatasetSnapshot.Kind.SFT, digest=digest)
+    if snapshot is None:
+        snapshot = export_sft_snapshot(
+            project=project, out_dir=snapshot_dir_for(project=project, name=f"demo-sft-{digest[:12]}"),
+            test_fraction=plan.export_test_fraction, seed=seed, rounds=[1], created_by=staff, overwrite=True)
+    out(f"   SFT snapshot {snapshot.content_hash[:12]} at {snapshot.path}: {snapshot.counts.get('train', '?')} "
+        f"train / {snapshot.counts.get('test', '?')} held-out demonstrations")
+    return train_in_worker(kind="sft", options={"model": str(model_dir), "seed": seed, **plan.sft}, snapshot=snapshot,
+                           name="demo SFT", desc="SFT", staff=staff, services=services, out=out)
+
+
+def run_model(run: TrainingRun, key: str) -> Path:
+    found = run.output(key)
+    if found is None:
+        raise DemoError(f"{run} left no {key} in {run.output_dir}")
+    return Path(found)
+
+
+# --- Stage: the three models on the same held-out prompts ------------------------------------------------------
+
+
+def heldout_prompts(*, ppo_run: TrainingRun) -> list[str]:
+    """PPO's held-out evaluation prompts (in its saved "before" evaluation), each once, in order."""
+    from training.rlhf.ppo_eval import load_before
+
+    saved = load_before(ppo_run.output_dir)
+    if saved is None:
+        raise DemoError(f"{ppo_run} saved no held-out evaluation in {ppo_run.output_dir}")
+    return list(dict.fromkeys(row["prompt"] for row in saved[1]))
+
+
+def oracle_rows(*, model_dir: Path, prompts: list[str], samples: int, max_new_tokens: int,
+                seed: int) -> list[dict[str, Any]]:
+    """`samples` responses per prompt from the model (one sampler and seed for every model compared), each
+    with its oracle score."""
+    from training.rlhf.demo_task import oracle_score
+    from training.rlhf.sampling import SamplingParams, generate_texts, load_policy
+
+    policy = load_policy(model_dir)
+    repeated = [p for p in prompts for _ in range(samples)]
+    texts = [g.text for g in generate_texts(policy.model, policy.tokenizer, repeated, seed=seed,
+                                            params=SamplingParams(max_new_tokens=max_new_tokens, batch_size=32))]
+    return [{"prompt": p, "response": t, "oracle": oracle_score(p, t)} for p, t in zip(repeated, texts)]
+
+
+def compare_stages(*, models: dict[str, Path], prompts: list[str], samples: int, max_new_tokens: int,
+                   seed: int) -> dict[str, Any]:
+    """The mean oracle score of each model on the same prompts × samples, and each stage's gain over the one
+    before it with its 95 % interval over prompts (`ppo_eval.paired_mean_ci`)."""
+    from training.rlhf.ppo_eval import paired_mean_ci
+
+    rows = {name: oracle_rows(model_dir=path, prompts=prompts, samples=samples, max_new_tokens=max_new_tokens,
+                              seed=seed) for name, path in models.items()}
+    names = list(models)
+    figures: dict[str, Any] = {"n_prompts": len(prompts), "samples": samples,
+                               "oracle": {n: sum(r["oracle"] for r in rows[n]) / max(1, len(rows[n])) for n in names}}
+    figures["gain"] = {f"{b}_over_{a}": paired_mean_ci(rows[b], rows[a], "oracle") for a, b in zip(names, names[1:])}
+    return figures
 
 
 def ppo_stage(*, project: Project, plan: DemoPlan, seed: int, model_dir: Path, rm_run: TrainingRun, staff,
               services: DemoServices, out: Out) -> TrainingRun:
-    """PPO from the tiny policy, scored by the demo reward model, on the project's prompts."""
+    """PPO from the SFT model (its policy and reference), scored by the demo reward model, on the project's prompts."""
     from training.launching import launch_run
 
     earlier = TrainingRun.objects.filter(kind=TrainingRun.Kind.PPO, reward_model_run=rm_run)
@@ -499,17 +679,40 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
                 f"http://{serve_addr}/dashboard/")
             print_credentials(result=result, addr=serve_addr, out=out)
 
-    with _stage(f"2. Import {plan.prompts} demo prompts and sample K={plan.k} responses each", out, timings):
+    with _stage(f"2. Import {plan.prompts} demo prompts", out, timings):
         imported = import_demo_prompts(project=project, plan=plan, seed=seed, out=out)
-        sampled = sample_project_responses(
-            project=project, model=model_dir, k=plan.k, max_new_tokens=plan.max_new_tokens, batch_size=32,
-            seed=seed, round=1, progress=True,
-        )
-        out(f"   {sampled}")
         result.figures["prompts"] = Prompt.objects.filter(project=project, round=1).count()
         result.figures["imported"] = imported.imported
 
-    with _stage(f"3. {plan.simulated_annotators} simulated annotators rank them (queue + submit, target "
+    with _stage(f"3. {plan.simulated_annotators} simulated annotators write {plan.demonstrations} demonstrations "
+                f"(the oracle's best of {plan.best_of} samples, lightly noised); SFT on them", out, timings):
+        result.figures.update(demonstrations_stage(project=project, plan=plan, seed=seed, model_dir=model_dir,
+                                                   staff=staff, out=out))
+        sft_run = sft_stage(project=project, plan=plan, seed=seed, model_dir=model_dir, staff=staff,
+                            services=services, out=out)
+        result.run_ids["sft"] = sft_run.pk
+        sft_dir = run_model(sft_run, "model")
+        sft_eval = sft_run.evaluation or {}
+        sft_before, sft_after = sft_eval.get("before", {}), sft_eval.get("after", {})
+        result.figures["sft"] = {
+            "steps": sft_eval.get("steps"), "loss_before": sft_before.get("loss"), "loss_after": sft_after.get("loss"),
+            "perplexity_before": sft_before.get("perplexity"), "perplexity_after": sft_after.get("perplexity"),
+            "oracle_before": sft_before.get("samples", {}).get("oracle"),
+            "oracle_after": sft_after.get("samples", {}).get("oracle"),
+            "oracle_demonstrations": sft_after.get("samples", {}).get("oracle_demonstrations"),
+        }
+        out(f"   held-out loss {_num(sft_before.get('loss'))} → {_num(sft_after.get('loss'))} (perplexity "
+            f"{_num(sft_before.get('perplexity'), 1)} → {_num(sft_after.get('perplexity'), 1)}); the SFT model: "
+            f"{sft_dir}")
+
+    with _stage(f"4. Sample K={plan.k} responses per prompt from the SFT model", out, timings):
+        sampled = sample_project_responses(
+            project=project, model=sft_dir, k=plan.k, max_new_tokens=plan.max_new_tokens, batch_size=32,
+            seed=seed, round=1, progress=True,
+        )
+        out(f"   {sampled}")
+
+    with _stage(f"5. {plan.simulated_annotators} simulated annotators rank them (queue + submit, target "
                 f"agreement {plan.agreement})", out, timings):
         needed = round_one_rankings_needed(project=project)
         later_rounds = Prompt.objects.filter(project=project, round__gt=1).exists()
@@ -530,8 +733,8 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
         out(f"   {quality['rankings']} rankings; measured pairwise agreement between annotators "
             f"{_num(measured)} (Kendall tau-b {_num(quality['overall']['tau_b'])})")
 
-    with _stage("4. Export a snapshot and train the reward model", out, timings):
-        rm_run = reward_model_stage(project=project, plan=plan, seed=seed, model_dir=model_dir, staff=staff,
+    with _stage("6. Export a snapshot and train the reward model (initialised from the SFT model)", out, timings):
+        rm_run = reward_model_stage(project=project, plan=plan, seed=seed, model_dir=sft_dir, staff=staff,
                                     services=services, out=out)
         result.run_ids["rm"] = rm_run.pk
         heldout = (rm_run.evaluation or {}).get("heldout", {})
@@ -542,8 +745,8 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
             f"({heldout.get('pairs', 0)} pairs), {_num(oracle.get('accuracy'))} against the hidden oracle "
             f"({oracle.get('pairs', 0)} pairs); chance is 0.5")
 
-    with _stage("5. PPO from the tiny policy with that reward model", out, timings):
-        ppo_run = ppo_stage(project=project, plan=plan, seed=seed, model_dir=model_dir, rm_run=rm_run,
+    with _stage("7. PPO from the SFT model (policy and reference) with that reward model", out, timings):
+        ppo_run = ppo_stage(project=project, plan=plan, seed=seed, model_dir=sft_dir, rm_run=rm_run,
                             staff=staff, services=services, out=out)
         result.run_ids["ppo"] = ppo_run.pk
         before = (ppo_run.evaluation or {}).get("before", {})
@@ -555,7 +758,7 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
         samples = plan.ppo.get("eval_samples", 1)
         out(f"   held-out samples ({after.get('n_prompts', '?')} = prompts × {samples}):   before  →  after")
         for key, label in (("oracle_score", "oracle score"), ("rm_score", "RM score"),
-                           ("kl", "KL to the start (nats)"), ("eos_rate", "ends properly (EOS)")):
+                           ("kl", "KL to the SFT model (nats)"), ("eos_rate", "ends properly (EOS)")):
             out(f"     {label:<24} {_num(before.get(key)):>7}  →  {_num(after.get(key))}")
         out(f"     {'win rate vs the start':<24} {'':>7}     {_num(after.get('win_rate'))} (under the RM)")
         from training.rlhf.ppo_eval import format_gain
@@ -568,14 +771,29 @@ def run_demo(*, options: DemoOptions, services: DemoServices, out: Out, serve_ad
                 f"chosen by {selection.get('signal')} on prompts held out of training"
                 + (" (stopped early: KL above its limit)" if selection.get("stopped_early") else ""))
 
-    with _stage("6. A new round sampled from the PPO policy, for humans to rank", out, timings):
-        new_round = new_round_stage(project=project, plan=plan, seed=seed, model_dir=model_dir,
+    with _stage("8. The three stages on the same held-out prompts: pre-trained → SFT → PPO", out, timings):
+        prompts = heldout_prompts(ppo_run=ppo_run)
+        stages = compare_stages(
+            models={"pretrained": model_dir, "sft": sft_dir, "ppo": run_model(ppo_run, "policy")}, prompts=prompts,
+            samples=plan.ppo.get("eval_samples", 1), max_new_tokens=plan.ppo["response_length"], seed=seed + 2)
+        stages["ppo_kl_to_sft"] = after.get("kl")
+        result.figures["stages"] = stages
+        out(f"   oracle score on PPO's {len(prompts)} held-out prompts × {stages['samples']} samples (one sampler, "
+            f"{plan.ppo['response_length']} tokens):")
+        for key, label in (("pretrained", "pre-trained tiny model"), ("sft", "SFT model"), ("ppo", "PPO policy")):
+            out(f"     {label:<24} {_num(stages['oracle'][key]):>7}")
+        out(f"     {'SFT − pre-trained':<24} {format_gain(stages['gain']['sft_over_pretrained'])}")
+        out(f"     {'PPO − SFT':<24} {format_gain(stages['gain']['ppo_over_sft'])}")
+        out(f"     {'PPO KL to the SFT model':<24} {_num(after.get('kl'))} nats (PPO's own evaluation)")
+
+    with _stage("9. A new round sampled from the PPO policy, for humans to rank", out, timings):
+        new_round = new_round_stage(project=project, plan=plan, seed=seed, model_dir=sft_dir,
                                     ppo_run=ppo_run, staff=staff, services=services, out=out)
         result.figures["new_round"] = new_round
         n_responses = Response.objects.filter(prompt__project=project, prompt__round=new_round["round"]).count()
         out(f"   round {new_round['round']}: {new_round.get('prompts')} prompts, {n_responses} responses "
             f"({plan.k - plan.new_round_baseline} from the PPO policy and {plan.new_round_baseline} from the "
-            f"starting policy per prompt, shown blind)")
+            f"SFT model per prompt, shown blind)")
 
     total = round(time.monotonic() - started, 1)
     result.figures["total_seconds"] = total
@@ -600,8 +818,10 @@ def serve_forever(*, addr: str, result: DemoResult, services: DemoServices, out:
     """Keep the web server and the worker running until Ctrl+C, after saying where to click."""
     print_credentials(result=result, addr=addr, out=out)
     base = f"http://{addr}"
-    rm, ppo = result.run_ids.get("rm"), result.run_ids.get("ppo")
-    places = [(f"{base}/dashboard/", "the runs: the reward model and PPO with their curves")]
+    sft, rm, ppo = result.run_ids.get("sft"), result.run_ids.get("rm"), result.run_ids.get("ppo")
+    places = [(f"{base}/dashboard/", "the runs: SFT, the reward model and PPO with their curves")]
+    if sft:
+        places.append((f"{base}/dashboard/runs/{sft}/", "SFT: loss, perplexity, samples before/after"))
     if rm:
         places.append((f"{base}/dashboard/runs/{rm}/", "the reward model: accuracy, calibration, log"))
     if ppo:

@@ -277,9 +277,13 @@ def save_demonstration_draft(*, annotator, demonstration_id: int, text, base_rev
 
 
 def submit_demonstration(*, annotator, demonstration_id: int, text, seconds_spent=None,
+                         source: str = Demonstration.Source.HUMAN,
                          now: datetime | None = None) -> DemonstrationSubmission:
     """Submit the ideal answer for review. Idempotent: a retry with the same text returns the submitted row
-    (created=False); a different text after submitting is a TaskConflict, as is a skipped task."""
+    (created=False); a different text after submitting is a TaskConflict, as is a skipped task. `source` is
+    "simulated" for the simulated annotators (`annotate.services.simulation`), as for their rankings."""
+    if source not in (Demonstration.Source.HUMAN, Demonstration.Source.SIMULATED):
+        raise ValidationError({"source": ["must be human or simulated."]})
     now = now or timezone.now()
     text = _clean_text(text, allow_blank=False)
     seconds = _clean_seconds(seconds_spent)
@@ -296,6 +300,7 @@ def submit_demonstration(*, annotator, demonstration_id: int, text, seconds_spen
         _ensure_slot(demonstration, annotator=annotator, now=now)
         demonstration.text = demonstration.submitted_text = text
         demonstration.status = SUBMITTED
+        demonstration.source = source
         demonstration.submitted_at = now
         if seconds is not None:
             demonstration.seconds_spent = seconds

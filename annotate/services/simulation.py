@@ -3,12 +3,16 @@
 Each simulated annotator (users ``sim-1`` … ``sim-N``, members of the project) asks the queue for its next
 task, ranks, rates and flags the responses with the demo task's `SimulatedAnnotator` (oracle + noise), and
 submits through `submit_ranking`. So the demo, the tests and load tests exercise the path humans use.
+`simulate_demonstrations` does the same for demonstrations (lease, write, submit for review); what they write
+is the caller's (the demo: the oracle's best of M samples, `lightly_noised`).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
@@ -16,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from tqdm import tqdm
 
-from annotate.models import Project, Ranking
+from annotate.models import Demonstration, Project, Ranking
 from annotate.selectors import project_progress
 from annotate.services.queue import lease_next_task, responses_in_display_order
 from annotate.services.submission import submit_ranking
@@ -142,3 +146,96 @@ def simulate_annotations(
         left_in_project=after.left,
         seconds=time.monotonic() - started,
     )
+
+
+# --- Demonstrations ------------------------------------------------------------------------------------------
+
+Writer = Callable[[str, random.Random], str]
+
+
+def lightly_noised(text: str, *, rng: random.Random, edit_probability: float = 0.25) -> str:
+    """A hand-written flaw now and then: with `edit_probability`, one word (never the last, so the ending
+    stays) is dropped or doubled. The text is otherwise unchanged, leading space included."""
+    words = text.split(" ")
+    content = [i for i, w in enumerate(words[:-1]) if w]
+    if not content or rng.random() >= edit_probability:
+        return text
+    i = rng.choice(content)
+    if rng.random() < 0.5:
+        del words[i]
+    else:
+        words.insert(i, words[i])
+    return " ".join(words)
+
+
+@dataclass
+class DemonstrationSimulationSummary:
+    project: str
+    annotators: int
+    demonstrations: int = 0
+    skipped: int = 0
+    by_annotator: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        per = ", ".join(f"{name}: {n}" for name, n in sorted(self.by_annotator.items(), key=_natural))
+        return [f"{self.annotators} simulated annotator(s) wrote {self.demonstrations} demonstration(s) on project "
+                f"'{self.project}' in {self.seconds:.1f} s ({self.skipped} skipped: nothing to write).",
+                f"Per annotator: {per or 'none'}."]
+
+
+def simulate_demonstrations(*, project: Project, annotators: int, write: Writer, limit: int, seed: int = 0,
+                            progress: bool = False) -> DemonstrationSimulationSummary:
+    """Write up to `limit` demonstrations with simulated annotators (users sim-1 … sim-N) through the
+    demonstration queue and submit path a person uses: each leases its next task, `write(prompt, rng)` gives
+    the text, and it is submitted for review (a blank text is skipped, as a person would). Taking turns, so the
+    queue spreads them over prompts (fewest demonstrations first)."""
+    from annotate.services.demonstrations import (
+        lease_next_demonstration,
+        skip_demonstration,
+        submit_demonstration,
+    )
+
+    errors: dict[str, list[str]] = {}
+    if not 1 <= annotators <= MAX_SIMULATED_ANNOTATORS:
+        errors["annotators"] = [f"annotators must be between 1 and {MAX_SIMULATED_ANNOTATORS}, got {annotators}."]
+    if limit < 1:
+        errors["limit"] = [f"limit must be 1 or more, got {limit}."]
+    if not project.wants_demonstrations:
+        errors["project"] = [f"project '{project.name}' does not ask for demonstrations (its task types are "
+                             f"{project.get_task_types_display().lower()})."]
+    if errors:
+        raise ValidationError(errors)
+    started = time.monotonic()
+    users = simulated_users(project=project, count=annotators)
+    rngs = {user.pk: random.Random(f"sim-demonstrations/{seed}/{user.username}") for user in users}
+    summary = DemonstrationSimulationSummary(project=project.name, annotators=annotators)
+    counts: Counter[str] = Counter()
+    bar = tqdm(total=limit, disable=not progress, unit="demonstration", desc=f"writing '{project.name}'")
+    try:
+        active = list(users)
+        while active and sum(counts.values()) < limit:
+            still_active = []
+            for user in active:
+                if sum(counts.values()) >= limit:
+                    break
+                task = lease_next_demonstration(annotator=user, project=project)
+                if task is None:
+                    continue
+                still_active.append(user)
+                text = write(task.prompt.text, rngs[user.pk])
+                if not text.strip():
+                    skip_demonstration(annotator=user, demonstration_id=task.pk, reason="nothing to write")
+                    summary.skipped += 1
+                    continue
+                if submit_demonstration(annotator=user, demonstration_id=task.pk, text=text, seconds_spent=0.0,
+                                        source=Demonstration.Source.SIMULATED).created:
+                    counts[user.username] += 1
+                    bar.update(1)
+            active = still_active
+    finally:
+        bar.close()
+    summary.demonstrations = sum(counts.values())
+    summary.by_annotator = dict(counts)
+    summary.seconds = time.monotonic() - started
+    return summary

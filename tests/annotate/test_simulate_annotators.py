@@ -72,3 +72,62 @@ def test_bad_arguments_are_command_errors(demo_project, args, message):
     with pytest.raises(CommandError, match=message):
         call_command("simulate_annotators", *args, stdout=StringIO())
     assert not Ranking.objects.exists()
+
+
+# --- demonstrations ------------------------------------------------------------------------------------------
+
+
+def test_lightly_noised_edits_at_most_one_word_and_keeps_the_ending():
+    import random
+
+    from annotate.services.simulation import lightly_noised
+
+    text = " The coffee was warm and the staff were friendly."
+    assert lightly_noised(text, rng=random.Random(0), edit_probability=0.0) == text
+    seen = set()
+    for seed in range(200):
+        noised = lightly_noised(text, rng=random.Random(seed), edit_probability=1.0)
+        assert noised != text and noised.endswith(" friendly.") and noised.startswith(" ")
+        assert abs(len(noised.split()) - len(text.split())) == 1
+        seen.add(len(noised.split()) - len(text.split()))
+    assert seen == {-1, 1}  # words are dropped and doubled
+    edited = sum(lightly_noised(text, rng=random.Random(s)) != text for s in range(400))
+    assert 60 < edited < 140  # the default: about a quarter
+
+
+def test_simulated_demonstrations_go_through_the_queue_and_submit(demo_project):
+    from annotate.models import Demonstration
+    from annotate.services.simulation import simulate_demonstrations
+
+    demo_project.task_types = demo_project.TaskTypes.BOTH
+    demo_project.save()
+    written = []
+
+    def write(prompt, rng):
+        written.append(prompt)
+        return "" if len(written) == 2 else f" An answer to {prompt}"
+
+    summary = simulate_demonstrations(project=demo_project, annotators=2, write=write, limit=4, seed=1)
+    assert summary.demonstrations == 4 and summary.skipped == 1
+    rows = Demonstration.objects.filter(prompt__project=demo_project)
+    submitted = rows.filter(status=Demonstration.Status.SUBMITTED)
+    assert submitted.count() == 4 and submitted.values("prompt").distinct().count() == 4  # fewest first
+    assert set(submitted.values_list("source", flat=True)) == {Demonstration.Source.SIMULATED}
+    assert all(d.text == f" An answer to {d.prompt.text}" and d.annotator.username.startswith("sim-")
+               for d in submitted)
+    assert rows.filter(status=Demonstration.Status.SKIPPED).count() == 1
+    # A second call continues with what the queue still offers: 12 slots (6 prompts × 2), 4 filled, and the
+    # skipped prompt's free slot is open to nobody (the other simulated annotator already wrote one for it).
+    again = simulate_demonstrations(project=demo_project, annotators=2, write=lambda p, r: " More.", limit=100)
+    assert again.demonstrations == 7 and again.skipped == 0
+    assert rows.filter(status=Demonstration.Status.SUBMITTED).count() == 11
+
+
+def test_simulated_demonstrations_refuse_a_rankings_only_project(demo_project):
+    from django.core.exceptions import ValidationError
+
+    from annotate.services.simulation import simulate_demonstrations
+
+    with pytest.raises(ValidationError) as error:
+        simulate_demonstrations(project=demo_project, annotators=1, write=lambda p, r: " x.", limit=1)
+    assert "does not ask for demonstrations" in str(error.value)

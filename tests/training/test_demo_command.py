@@ -1,7 +1,9 @@
 """`manage.py demo --size small --no-serve` end to end, on the test database, with the real worker: every stage
-leaves what it should (users, prompts, sampled responses, rankings made through the queue, a snapshot, an RM run
-above chance against the oracle, a PPO run with its before/after evaluation, a new round from the PPO policy),
-and a second run reuses all of it instead of training again."""
+leaves what it should (users, prompts, demonstrations written through the queue and accepted in review, an SFT
+snapshot and run, responses sampled from the SFT model, rankings made through the queue, a snapshot, an RM run
+initialised from the SFT model above chance against the oracle, a PPO run from the SFT model with its
+before/after evaluation, the three models compared on the same held-out prompts, a new round from the PPO
+policy), and a second run reuses all of it instead of training again."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from annotate.models import Assignment, DatasetSnapshot, Project, Prompt, Ranking, Response
+from annotate.models import Assignment, DatasetSnapshot, Demonstration, Project, Prompt, Ranking, Response
 from training.demo import DEMO_PROJECT, PLANS, DemoSize
 from training.models import Job, Metric, Sample, TrainingRun
 
@@ -25,6 +27,9 @@ PLAN = PLANS[DemoSize.SMALL]
 # (2026-12-03): its RM is not reliably better than that on every machine yet (issue 14), so the test asks for
 # better than chance only.
 RM_ORACLE_FLOOR = 0.5
+# SFT over the pre-trained model on PPO's held-out prompts: +0.47 to +0.49 in the three runs measured (seeds 0 and 1,
+# seed 1 also under ATEN_CPU_CAPABILITY=avx2; bench/RESULTS.md "`make demo`"), each with its 95 % interval above 0.
+SFT_MARGIN = 0.2
 
 
 @pytest.fixture
@@ -58,35 +63,61 @@ def test_small_demo_runs_every_stage_then_reuses_them(demo_world):
     assert set(project.annotators.values_list("username", flat=True)) >= humans
     assert len(humans) >= project.annotators_per_prompt  # the humans can finish the new round between them
 
-    # 2. prompts imported, K responses sampled from the tiny model for each
+    # 2. prompts imported
     round_1 = Prompt.objects.filter(project=project, round=1)
     assert round_1.count() == PLAN.prompts
     assert all(p.metadata.get("task") == "demo" for p in round_1)
+
+    # 3. demonstrations written by simulated annotators through the queue, accepted by the staff user, exported
+    # as an SFT snapshot, and the tiny model fine-tuned on them through the worker
+    demonstrations = Demonstration.objects.filter(prompt__project=project)
+    assert demonstrations.count() == PLAN.demonstrations
+    assert demonstrations.values("prompt").distinct().count() == PLAN.demonstrations  # spread over prompts
+    assert set(demonstrations.values_list("status", flat=True)) == {Demonstration.Status.ACCEPTED}
+    assert set(demonstrations.values_list("source", flat=True)) == {Demonstration.Source.SIMULATED}
+    assert set(demonstrations.values_list("reviewer__username", flat=True)) == {"admin"}
+    assert not demonstrations.filter(annotator__isnull=True).exists()
+    sft_snapshot = DatasetSnapshot.objects.get(project=project, kind=DatasetSnapshot.Kind.SFT)
+    assert sft_snapshot.counts["train"] + sft_snapshot.counts["test"] == PLAN.demonstrations
+    sft = TrainingRun.objects.get(kind=TrainingRun.Kind.SFT)
+    assert sft.status == TrainingRun.Status.SUCCEEDED, sft.error
+    assert sft.snapshot == sft_snapshot and sft.host and sft.pid
+    sft_model = sft.output("model")
+    assert sft_model and (Path(sft_model) / "config.json").is_file()
+    # evaluated on its held-out demonstrations before and after (the figures are in bench/RESULTS.md: the held-out
+    # loss barely moves, since the demonstrations are the model's own best samples; the oracle is the measure)
+    for when in ("before", "after"):
+        assert sft.evaluation[when]["loss"] > 0 and "oracle" in sft.evaluation[when]["samples"]
+
+    # 4. K responses sampled from the SFT model for each prompt
     sampled = Response.objects.filter(prompt__in=round_1)
     assert sampled.count() == PLAN.prompts * PLAN.k
     assert set(sampled.values_list("origin", flat=True)) == {Response.Origin.MODEL}
+    assert set(sampled.values_list("model_path", flat=True)) == {str(Path(sft_model).resolve())}
 
-    # 3. simulated annotators went through the queue and the submit path
+    # 5. simulated annotators went through the queue and the submit path
     rankings = Ranking.objects.filter(prompt__in=round_1)
     assert rankings.count() == PLAN.prompts * PLAN.annotators_per_prompt
     assert set(rankings.values_list("source", flat=True)) == {Ranking.Source.SIMULATED}
     assert not rankings.filter(assignment__isnull=True).exists()
     assert Assignment.objects.filter(prompt__in=round_1, state=Assignment.State.SUBMITTED).count() == rankings.count()
 
-    # 4. a snapshot, and a reward model trained on it, clearly above chance against the hidden oracle
-    snapshot = DatasetSnapshot.objects.get(project=project)
+    # 6. a snapshot, and a reward model initialised from the SFT model trained on it, above chance against the
+    # hidden oracle
+    snapshot = DatasetSnapshot.objects.get(project=project, kind=DatasetSnapshot.Kind.RANKINGS)
     assert (Path(snapshot.path) / "manifest.json").is_file()
     rm = TrainingRun.objects.get(kind=TrainingRun.Kind.RM)
     assert rm.status == TrainingRun.Status.SUCCEEDED, rm.error
     assert rm.snapshot == snapshot and rm.host and rm.pid
+    assert rm.config["model"] == sft_model
     assert Metric.objects.filter(run=rm, name="loss").count() == rm.summary["total_steps"] > 0
     oracle = rm.evaluation["heldout"]["oracle"]
     assert oracle["pairs"] >= 100 and oracle["accuracy"] > RM_ORACLE_FLOOR
 
-    # 5. PPO with that reward model, evaluated before and after
+    # 7. PPO from the SFT model with that reward model, evaluated before and after
     ppo = TrainingRun.objects.get(kind=TrainingRun.Kind.PPO)
     assert ppo.status == TrainingRun.Status.SUCCEEDED, ppo.error
-    assert ppo.reward_model_run == rm
+    assert ppo.reward_model_run == rm and ppo.config["policy"] == sft_model
     before, after = ppo.evaluation["before"], ppo.evaluation["after"]
     for key in ("oracle_score", "rm_score", "kl", "eos_rate"):
         assert key in before and key in after
@@ -97,13 +128,17 @@ def test_small_demo_runs_every_stage_then_reuses_them(demo_world):
     assert Metric.objects.filter(run=ppo, name="eval/oracle_score").exists()  # proxy vs gold per iteration
     assert Sample.objects.filter(run=ppo).exists()
     assert "oracle score" in output and "win rate" in output and "oracle gain" in output
-    # the gold gain is outside the evaluation's own noise: its 95 % interval over the held-out prompts is
-    # above 0 (10 runs, seeds × threads: bench/RESULTS.md "The demo's PPO stage at every size")
+    # PPO from the SFT model: the RM-score gain's 95 % interval over the held-out prompts is above 0, and the gold
+    # (oracle) gain is positive. Its interval was above 0 from the pre-trained model (bench/RESULTS.md "The demo's
+    # PPO stage at every size") but not from the SFT model on seed 0 (+0.23, 95 % CI −0.09 to +0.56; seed 1 +0.59,
+    # CI +0.23 to +0.94): the SFT model starts higher and the small RM is over-optimised sooner (bench/RESULTS.md
+    # "The three stages"), so the test asks for what held in every run measured.
     gain = ppo.evaluation["delta_ci"]["oracle_score"]
     assert after["n_prompts"] == gain["n_prompts"] * PLAN.ppo["eval_samples"]
-    assert gain["low"] > 0, gain
+    assert gain["mean"] > 0, gain
+    assert ppo.evaluation["delta_ci"]["rm_score"]["low"] > 0, ppo.evaluation["delta_ci"]
 
-    # 6. a new round from the PPO policy (and, blind, from the starting policy) for humans
+    # 9. a new round from the PPO policy (and, blind, from the starting policy) for humans
     job = Job.objects.get(kind=Job.Kind.NEW_ROUND)
     assert job.status == Job.Status.SUCCEEDED, job.error
     round_2 = Prompt.objects.filter(project=project, round=2)
@@ -113,12 +148,23 @@ def test_small_demo_runs_every_stage_then_reuses_them(demo_world):
     assert Response.objects.filter(prompt__in=round_2).count() == PLAN.new_round_prompts * PLAN.k
 
     figures = json.loads((demo_world / "demo-small.json").read_text())
-    assert figures["run_ids"] == {"rm": rm.pk, "ppo": ppo.pk}
+    assert figures["run_ids"] == {"sft": sft.pk, "rm": rm.pk, "ppo": ppo.pk}
     assert figures["figures"]["rm_oracle_accuracy"] == pytest.approx(oracle["accuracy"])
+
+    # 8. the three stages on the same held-out prompts (PPO's), each sampled alike, and PPO's KL to the SFT model
+    stages = figures["figures"]["stages"]
+    assert stages["n_prompts"] == gain["n_prompts"] and stages["samples"] == PLAN.ppo["eval_samples"]
+    assert set(stages["oracle"]) == {"pretrained", "sft", "ppo"}
+    assert stages["ppo_kl_to_sft"] == pytest.approx(after["kl"]) and after["kl"] > 0
+    assert "pre-trained tiny model" in output and "SFT model" in output and "PPO KL to the SFT model" in output
+    # SFT on the oracle's best-of-8 demonstrations beats the pre-trained model by a margin that held in every
+    # measured run (bench/RESULTS.md "`make demo`")
+    assert stages["oracle"]["sft"] > stages["oracle"]["pretrained"] + SFT_MARGIN, stages
 
     # A second run continues: nothing is sampled, ranked or trained again.
     again = run_demo_command()
     assert "reusing" in again
-    assert TrainingRun.objects.count() == 2 and Job.objects.count() == 1
+    assert TrainingRun.objects.count() == 3 and Job.objects.count() == 1
+    assert Demonstration.objects.filter(prompt__project=project).count() == PLAN.demonstrations
     assert Ranking.objects.filter(prompt__project=project).count() == rankings.count()
     assert Response.objects.filter(prompt__project=project).count() == sampled.count() + round_2.count() * PLAN.k

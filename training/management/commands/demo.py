@@ -43,10 +43,13 @@ def _stop_children(services) -> None:
 class Command(BaseCommand):
     help = (
         "Run the RLHF loop end to end on the demo task (tiny local model, no network, no GPU): build the "
-        "model, create users and a project, import prompts and sample responses, rank them with simulated "
-        "annotators through the annotation queue, export a snapshot, train the reward model and PPO through the "
-        "job queue (a db_worker started here runs them; watch them live on the dashboard), sample a new round "
-        "from the PPO policy, then keep serving on 127.0.0.1:8000 until Ctrl+C. A second run reuses what is done."
+        "model, create users and a project, import prompts, have simulated annotators write demonstrations "
+        "(accepted in staff review) and fine-tune the model on them (SFT), sample responses from the SFT model and "
+        "rank them through the annotation queue, export a snapshot, train the reward model and PPO from the SFT "
+        "model through the job queue (a db_worker started here runs them; watch them live on the dashboard), "
+        "compare the oracle score of the pre-trained, SFT and PPO models on the same held-out prompts, sample a "
+        "new round from the PPO policy, then keep serving on 127.0.0.1:8000 until Ctrl+C. A second run reuses "
+        "what is done."
     )
 
     def add_arguments(self, parser):
