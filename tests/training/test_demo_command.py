@@ -82,7 +82,7 @@ def test_small_demo_runs_every_stage_then_reuses_them(demo_world):
     sft = TrainingRun.objects.get(kind=TrainingRun.Kind.SFT)
     assert sft.status == TrainingRun.Status.SUCCEEDED, sft.error
     assert sft.snapshot == sft_snapshot and sft.host and sft.pid
-    sft_model = sft.output("model")
+    sft_model = str(sft.output("model") or "")
     assert sft_model and (Path(sft_model) / "config.json").is_file()
     # evaluated on its held-out demonstrations before and after (the figures are in bench/RESULTS.md: the held-out
     # loss barely moves, since the demonstrations are the model's own best samples; the oracle is the measure)
