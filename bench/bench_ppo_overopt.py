@@ -38,10 +38,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from training.rlhf.reporter import NullReporter  # noqa: E402 (after the path insert)
+
 CACHE = REPO_ROOT / "var" / "test-cache"
 
 
-class Recorder:
+class Recorder(NullReporter):
     def __init__(self) -> None:
         self.metrics: dict[int, dict[str, float]] = {}
         self.logs: list[str] = []
@@ -49,26 +51,8 @@ class Recorder:
     def on_metrics(self, step, metrics):
         self.metrics[step] = dict(metrics)
 
-    def on_samples(self, step, samples):
-        pass
-
-    def on_checkpoint(self, step, path):
-        pass
-
-    def on_start(self, *, total_steps, start_step):
-        pass
-
-    def on_outputs(self, outputs):
-        pass
-
-    def on_evaluation(self, results):
-        pass
-
     def on_log(self, message):
         self.logs.append(message)
-
-    def should_stop(self):
-        return False
 
 
 def demo_reward_model(path: str | None) -> Path:

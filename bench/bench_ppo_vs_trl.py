@@ -57,6 +57,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from training.rlhf.reporter import NullReporter  # noqa: E402 (after the path insert)
+
 RESULTS_FILE = REPO_ROOT / "bench" / "RESULTS.md"
 SECTION = "## PPO: this trainer vs TRL 1.12"
 DEFAULT_VENV = REPO_ROOT / "var" / "bench-venv"
@@ -151,33 +153,12 @@ def tokens_to_first_stop(responses: torch.Tensor, stop_ids: list[int]) -> int:
 # --- this trainer --------------------------------------------------------------------------------------------
 
 
-class _Collect:
+class _Collect(NullReporter):
     def __init__(self) -> None:
         self.metrics: dict[int, dict[str, float]] = {}
 
     def on_metrics(self, step, metrics):
         self.metrics[step] = dict(metrics)
-
-    def on_samples(self, step, samples):
-        pass
-
-    def on_checkpoint(self, step, path):
-        pass
-
-    def on_start(self, *, total_steps, start_step):
-        pass
-
-    def on_outputs(self, outputs):
-        pass
-
-    def on_evaluation(self, results):
-        pass
-
-    def on_log(self, message):
-        pass
-
-    def should_stop(self):
-        return False
 
 
 def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str, Any]:
