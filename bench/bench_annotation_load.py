@@ -43,6 +43,8 @@ SECTION = "## Annotation service under load"
 ENDPOINTS = ("next", "page", "draft", "submit", "skip")
 SECRET = "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJ"
 
+CLIENT_KEEPALIVE_S = 2.0  # below the server's keep-alive (see drive)
+
 
 @dataclass
 class RunResult:
@@ -269,7 +271,10 @@ async def drive(*, base: str, world: dict, annotators: int, mode: str, seconds: 
     import aiohttp
 
     tally = Tally()
-    connector = aiohttp.TCPConnector(limit=annotators + 50)
+    # An idle connection is dropped by the client before gunicorn drops it (keepalive = 5 s in
+    # webapp/gunicorn.conf.py): reusing one the server is just closing is a reset nobody could have avoided
+    # (the rule a TLS proxy's upstream keep-alive follows too: shorter than the server's).
+    connector = aiohttp.TCPConnector(limit=annotators + 50, keepalive_timeout=CLIENT_KEEPALIVE_S)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await warm_up(http=http, base=base, world=world)

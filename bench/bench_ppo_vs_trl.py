@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,7 +162,8 @@ class _Collect(NullReporter):
         self.metrics[step] = dict(metrics)
 
 
-def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str, Any]:
+def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path, *, profile_ops: bool = False
+             ) -> dict[str, Any]:
     from training.rlhf import ppo_trainer
     from training.rlhf.ppo_config import PPOConfig
 
@@ -191,16 +193,50 @@ def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str
         timing["widths"].append(raw.shape[1])
         return raw
 
+    # The rollout's no-grad forwards (log-probs, reference log-probs, values, reward scores), timed alike in the
+    # TRL runner; a snapshot per iteration, taken when the update starts.
+    forwards = {"s": 0.0}
+    runtime_class = ppo_trainer.PolicyRuntime
+    originals = {name: getattr(runtime_class, name)
+                 for name in ("logprobs", "reference_logprobs", "values", "score_members")}
+
+    def timed_forward(function):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                forwards["s"] += time.perf_counter() - started
+        return wrapper
+
+    snapshots: list[tuple[float, float]] = []
+    original_update = ppo_trainer.ppo_update
+    op_table: list[str] = []
+
+    def snapshot_update(*a, **k):
+        snapshots.append((timing["generate_s"], forwards["s"]))
+        if profile_ops and len(snapshots) == 2:  # the second iteration's update (the first one warms up)
+            return _profiled(original_update, op_table, *a, **k)
+        return original_update(*a, **k)
+
     reporter = _Collect()
     ppo_trainer.generate_responses = timed_generation
+    ppo_trainer.ppo_update = snapshot_update
+    for name, function in originals.items():
+        setattr(runtime_class, name, timed_forward(function))
     try:
         started = time.perf_counter()
         ppo_trainer.train_ppo(config, reporter=reporter)
         total = time.perf_counter() - started
     finally:
         ppo_trainer.generate_responses = original
+        ppo_trainer.ppo_update = original_update
+        for name, function in originals.items():
+            setattr(runtime_class, name, function)
     steps = [reporter.metrics[i] for i in sorted(reporter.metrics)]
     return {
+        "phases": _phases([m["iteration_s"] for m in steps], snapshots),
+        "op_profile": op_table,
         "iteration_s": [m["iteration_s"] for m in steps],
         "rm_score": [m["score"] for m in steps],  # RM score − missing-EOS penalty, as TRL's objective/scores
         "kl": [m["kl"] for m in steps],
@@ -211,6 +247,47 @@ def run_ours(args, policy: Path, rm: Path, prompts: Path, out: Path) -> dict[str
         "total_s": total,
         "policy_dir": str(out / "policy"),
     }
+
+
+def _phases(iteration_s: list[float], snapshots: list[tuple[float, float]]) -> dict[str, float]:
+    """Mean seconds per iteration (the first left out) in generation, in the rollout's no-grad forwards and in
+    the rest (the PPO update, advantages, bookkeeping), from per-iteration snapshots of the running totals
+    (generation, forwards) taken at the same point of every iteration."""
+    marks = [(0.0, 0.0), *snapshots]
+    rows = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks, marks[1:])]
+    # a snapshot falls between the rollout and the update, so iteration i's rollout is rows[i]
+    pairs = list(zip(iteration_s, rows))[1:] or list(zip(iteration_s, rows))
+    if not pairs:
+        return {}
+    n = len(pairs)
+    generation = sum(r[0] for _, r in pairs) / n
+    forwards = sum(r[1] for _, r in pairs) / n
+    total = sum(t for t, _ in pairs) / n
+    return {"generation": generation, "rollout_forwards": forwards, "update_and_rest": total - generation - forwards,
+            "iteration": total}
+
+
+OP_GROUPS = (("matrix multiplies", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")),
+             ("attention", ("scaled_dot_product", "aten::_softmax")),
+             ("activations", ("gelu", "tanh", "aten::pow")),
+             ("optimizer", ("adam", "Optimizer", "aten::lerp", "aten::addcdiv", "aten::addcmul", "aten::sqrt")),
+             ("layer norm", ("layer_norm",)))
+
+
+def _profiled(function, table: list[str], *a, **k):
+    """Run `function` under torch.profiler and append its CPU self-time by op group to `table`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = function(*a, **k)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        group = next((g for g, keys in OP_GROUPS if any(key in event.key for key in keys)), "everything else")
+        totals[group] = totals.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    whole = sum(totals.values()) or 1.0
+    table.extend(f"{group} {seconds:.2f} s ({seconds / whole:.0%})"
+                 for group, seconds in sorted(totals.items(), key=lambda kv: -kv[1]))
+    return out
 
 
 # --- TRL in its own virtualenv --------------------------------------------------------------------------------
@@ -308,6 +385,24 @@ def timed_generation(model, queries, batch_size, pad_token_id, generation_config
 
 
 ppo_module.batch_generation = timed_generation
+forwards = {"s": 0.0}  # the rollout's no-grad forwards (reference log-probs, values, reward scores), as ours
+
+
+def timed_when_no_grad(function):
+    def wrapper(*a, **k):
+        if torch.is_grad_enabled():  # the update's forward
+            return function(*a, **k)
+        started = time.perf_counter()
+        try:
+            return function(*a, **k)
+        finally:
+            forwards["s"] += time.perf_counter() - started
+    return wrapper
+
+
+ppo_module.forward = timed_when_no_grad(ppo_module.forward)
+ppo_module.get_reward = timed_when_no_grad(ppo_module.get_reward)
+snapshots = []
 config = PPOConfig(
     output_dir=spec["out"], per_device_train_batch_size=spec["rollout_batch_size"], gradient_accumulation_steps=1,
     num_mini_batches=spec["rollout_batch_size"] // spec["mini_batch_size"],
@@ -327,6 +422,7 @@ original_log = trainer.log
 
 def log(metrics, *a, **k):
     logged.append({"time": time.perf_counter(), **metrics})
+    snapshots.append((timing["generate_s"], forwards["s"]))
     return original_log(metrics, *a, **k)
 
 
@@ -349,6 +445,7 @@ result = {
     "lr": [m["lr"] for m in logged],
     "total_s": total,
     "policy_dir": spec["out"] + "/policy",
+    "snapshots": snapshots,
 }
 Path(spec["result"]).write_text(json.dumps(result))
 '''
@@ -389,6 +486,7 @@ def export_for_trl(rm_dir: Path, work: Path) -> dict[str, str]:
 
 
 def run_trl(args, python: Path, policy: Path, rm: Path, prompts: Path, work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     spec = {
         "policy": str(policy), "prompt_ids": prompt_token_ids(policy, prompts), "out": str(work / "trl-out"),
         "result": str(work / "trl.json"),
@@ -406,7 +504,9 @@ def run_trl(args, python: Path, policy: Path, rm: Path, prompts: Path, work: Pat
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the TRL run failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return json.loads((work / "trl.json").read_text())
+    result = json.loads((work / "trl.json").read_text())
+    result["phases"] = _phases(result["iteration_s"], [tuple(x) for x in result.pop("snapshots", [])])
+    return result
 
 
 # --- one evaluation for every policy ------------------------------------------------------------------------
@@ -466,14 +566,27 @@ def slope(values: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, values)) / sum((x - mx) ** 2 for x in xs)
 
 
+def _steady_mean(iteration_s: list[float]) -> float:
+    steady = iteration_s[1:] or iteration_s  # the first iteration carries one-off warm-up
+    return sum(steady) / len(steady)
+
+
 def summarise(name: str, run: dict[str, Any], evaluation: dict[str, float], start: dict[str, float],
-              iterations: int) -> dict[str, Any]:
-    steady = run["iteration_s"][1:] or run["iteration_s"]  # the first iteration carries one-off warm-up
+              iterations: int, *, repeats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One trainer's figures: timings are medians over `repeats` (the interleaved runs, `run` among them), the
+    reward figures come from `run` (seeded: every repeat follows the same trajectory)."""
+    repeats = repeats or [run]
+    per_run = [_steady_mean(r["iteration_s"]) for r in repeats]
+    phases = {key: statistics.median(r["phases"][key] for r in repeats)
+              for key in (repeats[0].get("phases") or {})}
     return {
         "name": name,
         "iterations": len(run["iteration_s"]),
-        "s_per_iteration": sum(steady) / len(steady),
-        "rollout_tokens_per_s": run["rollout_tokens_per_s"],
+        "s_per_iteration": statistics.median(per_run),
+        "s_per_iteration_runs": per_run,
+        "phases": phases,
+        "op_profile": run.get("op_profile") or [],
+        "rollout_tokens_per_s": statistics.median(r["rollout_tokens_per_s"] for r in repeats),
         "generated_tokens": run.get("generated_tokens"),
         "generation_width": run.get("generation_width"),
         "total_s": run["total_s"],  # the whole training call (ours: with model loading and saving)
@@ -554,6 +667,8 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
             a, b = ours[key], trl[key]
             # a ratio of gains means something only when both are gains
             ratio = f"{a / b:.2f}" if math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0 else "n/a"
+            if key == "s_per_iteration" and ours.get("pair_ratios"):
+                ratio = f"{statistics.median(ours['pair_ratios']):.2f}"
             note = " (lower is better)" if lower_better else ""
             lines.append(f"| {label}{note} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |")
     else:
@@ -561,6 +676,29 @@ def markdown(args, start: dict[str, float], ours: dict[str, Any], trl: dict[str,
         for label, key, fmt, _ in ROWS:
             lines.append(f"| {label} | {fmt.format(ours[key])} |")
         lines += ["", f"TRL could not run here: {trl_error}"]
+    pairs = ours.get("pair_ratios") or []
+    if pairs:
+        lines += ["", f"Seconds per iteration are medians over {len(pairs)} interleaved pairs (this trainer, then "
+                      f"TRL, repeated); the ratio is the median of the pairs' own ratios: "
+                      f"{', '.join(f'{r:.2f}' for r in pairs)} (range {min(pairs):.2f}–{max(pairs):.2f})."]
+    if ours.get("phases"):
+        lines += ["", "Where an iteration's time goes (seconds per iteration, medians over the runs; the same "
+                      "wrappers in both trainers):", ""]
+        names = [("generation (`generate`)", "generation"),
+                 ("rollout forwards (log-probs, reference, values, reward; no grad)", "rollout_forwards"),
+                 ("PPO update and the rest", "update_and_rest"), ("whole iteration", "iteration")]
+        if trl is not None and trl.get("phases"):
+            lines += ["| phase | this trainer | TRL | ratio |", "|---|---:|---:|---:|"]
+            for label, key in names:
+                a, b = ours["phases"][key], trl["phases"][key]
+                lines.append(f"| {label} | {a:.3f} | {b:.3f} | {a / b:.2f} |" if b > 0 else
+                             f"| {label} | {a:.3f} | {b:.3f} | n/a |")
+        else:
+            lines += ["| phase | this trainer |", "|---|---:|"]
+            lines += [f"| {label} | {ours['phases'][key]:.3f} |" for label, key in names]
+    if ours.get("op_profile"):
+        lines += ["", "This trainer's PPO update by op (torch.profiler, CPU self-time of the second iteration's "
+                      f"update): {'; '.join(ours['op_profile'])}."]
     heldout = f"{HELDOUT_PROMPTS} demo test prompts × {args.eval_samples} seeded samples"
     lines += ["", f"Held-out evaluation ({heldout}, the same seed for every policy, scored in one place):", "",
               "| policy | RM score | oracle score | KL to start | length | EOS rate |", "|---|---:|---:|---:|---:|---:|"]
@@ -626,6 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trl-native-rm-input", action="store_true",
                         help="Let TRL score a response cut at the length limit as it is (its own way) instead of "
                              "with the EOS appended that the reward model was trained on and this trainer adds.")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="Interleaved runs: this trainer, then TRL, this many times; timings are medians and "
+                             "the speed ratio is the median of the pairs' ratios (default 3).")
+    parser.add_argument("--profile-ops", action="store_true",
+                        help="Profile this trainer's second PPO update by op group (torch.profiler).")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--work", type=Path, help="Working directory (default: a temporary one).")
@@ -659,29 +802,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = evaluate(policy, policy, rm, heldout, response_length=args.response_length, seed=args.seed + 1,
                      samples=args.eval_samples)
 
-    print("running this trainer…", flush=True)
-    ours_run = run_ours(args, policy, rm, prompts, work / "ours")
-    ours = summarise("this trainer", ours_run, evaluate(Path(ours_run["policy_dir"]), policy, rm, heldout,
-                                                        response_length=args.response_length, seed=args.seed + 1,
-                                                        samples=args.eval_samples),
-                     start, args.iterations)
-    trl, trl_error = None, None
-    if not args.skip_trl:
+    trl_python, trl_error = None, None
+    if args.skip_trl:
+        trl_error = "skipped (--skip-trl)"
+    else:
         try:
-            python = ensure_venv(args.venv)
-            print("running TRL…", flush=True)
-            trl_run = run_trl(args, python, policy, rm, prompts, work)
-            trl = summarise("TRL", trl_run, evaluate(Path(trl_run["policy_dir"]), policy, rm, heldout,
-                                                     response_length=args.response_length, seed=args.seed + 1,
-                                                     samples=args.eval_samples),
-                            start, args.iterations)
-            trl["version"] = trl_run.get("trl_version")
-            trl["lr_curve"] = trl_run.get("lr")
+            trl_python = ensure_venv(args.venv)
         except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
             trl_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             print(f"TRL could not run: {exc}", file=sys.stderr)
-    else:
-        trl_error = "skipped (--skip-trl)"
+    # A B A B …: each pair runs this trainer, then TRL, so machine drift lands in both halves of a pair's ratio
+    ours_runs, trl_runs = [], []
+    for pair in range(args.pairs):
+        print(f"pair {pair + 1}/{args.pairs}: this trainer…", flush=True)
+        ours_runs.append(run_ours(args, policy, rm, prompts, work / f"ours-{pair}",
+                                  profile_ops=args.profile_ops and pair == 0))
+        if trl_python is not None and trl_error is None:
+            print(f"pair {pair + 1}/{args.pairs}: TRL…", flush=True)
+            try:
+                trl_runs.append(run_trl(args, trl_python, policy, rm, prompts, work / f"trl-{pair}"))
+            except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+                trl_error = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                print(f"TRL could not run: {exc}", file=sys.stderr)
+    # Both trainers are seeded, so every pair repeats the same trajectory: the first one is evaluated.
+    ours = summarise("this trainer", ours_runs[0], evaluate(Path(ours_runs[0]["policy_dir"]), policy, rm, heldout,
+                                                            response_length=args.response_length,
+                                                            seed=args.seed + 1, samples=args.eval_samples),
+                     start, args.iterations, repeats=ours_runs)
+    trl = None
+    if trl_runs and trl_error is None:
+        trl = summarise("TRL", trl_runs[0], evaluate(Path(trl_runs[0]["policy_dir"]), policy, rm, heldout,
+                                                     response_length=args.response_length, seed=args.seed + 1,
+                                                     samples=args.eval_samples),
+                        start, args.iterations, repeats=trl_runs)
+        trl["version"] = trl_runs[0].get("trl_version")
+        trl["lr_curve"] = trl_runs[0].get("lr")
+        ours["pair_ratios"] = [a / b for a, b in zip(ours["s_per_iteration_runs"], trl["s_per_iteration_runs"])]
     environment = (f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
                    f"jobs, {args.threads} torch thread(s) per trainer), torch {torch.__version__}, load average "
                    f"(1/5 min) {load_before} before and {_load()} after")

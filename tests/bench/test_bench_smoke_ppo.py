@@ -38,12 +38,18 @@ def test_bench_ppo_skip_trl_smoke(capsys, tmp_path, monkeypatch, tiny_model_dir,
     summary = bench.main(["--model", str(tiny_model_dir), "--reward-model", str(random_reward_model),
                           "--iterations", "2", "--rollout-batch-size", "8", "--mini-batch-size", "4",
                           "--ppo-epochs", "1", "--response-length", "8", "--eval-samples", "1",
+                          "--pairs", "2", "--profile-ops",
                           "--skip-trl", "--venv", str(venv), "--work", str(work)])
     assert not venv.exists()
     assert summary["trl"] is None and summary["trl_error"] == "skipped (--skip-trl)"
 
     ours = summary["ours"]
     assert ours["iterations"] == 2 and len(ours["iteration_s_curve"]) == 2
+    assert len(ours["s_per_iteration_runs"]) == 2  # two interleaved runs (no TRL here, so no pair ratios)
+    phases = ours["phases"]
+    assert phases["generation"] > 0 and phases["rollout_forwards"] > 0 and phases["update_and_rest"] > 0
+    assert phases["generation"] + phases["rollout_forwards"] < phases["iteration"]
+    assert any(line.startswith("matrix multiplies ") for line in ours["op_profile"])
     assert ours["s_per_iteration"] > 0 and 0 < ours["loop_s"] <= ours["total_s"]
     assert ours["rollout_tokens_per_s"] > 0 and 0 < ours["generated_tokens"] <= 2 * 8 * 8
     assert ours["generation_width"] <= 8
@@ -53,7 +59,7 @@ def test_bench_ppo_skip_trl_smoke(capsys, tmp_path, monkeypatch, tiny_model_dir,
     for evaluation in (summary["start"], ours["evaluation"]):
         assert 0 < evaluation["response_length"] <= 8 and 0 <= evaluation["eos_rate"] <= 1
     assert summary["start"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the start policy against itself
-    assert (work / "ours" / "policy" / "config.json").exists()
+    assert (work / "ours-0" / "policy" / "config.json").exists() and (work / "ours-1" / "policy" / "config.json").exists()
     assert json.loads((work / "results.json").read_text())["ours"]["iterations"] == 2
 
     out = capsys.readouterr().out

@@ -64,11 +64,27 @@ def build_adamw(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model)`; raises if the model has nothing to train."""
+    """AdamW over `param_groups(model)`; raises if the model has nothing to train.
+
+    The fused kernel (`fused=True`: one kernel for all of a group's tensors instead of about ten per tensor)
+    where every trainable tensor is a float tensor on a device that has it (CPU and CUDA in torch >= 2.4):
+    the same update rule, 3.6x less optimizer time on the PPO benchmark (bench/RESULTS.md, "Where an
+    iteration's time goes")."""
     groups = param_groups(model, weight_decay=weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused_adamw_supported(groups))
+
+
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def fused_adamw_supported(groups: list[dict]) -> bool:
+    """Whether torch's fused AdamW takes these parameters: floating point, all on one CPU or CUDA device."""
+    tensors = [p for group in groups for p in group["params"]]
+    devices = {p.device.type for p in tensors}
+    return (len(devices) == 1 and devices <= set(FUSED_ADAMW_DEVICES)
+            and all(p.is_floating_point() for p in tensors))
 
 
 def warmup_cosine_lambda(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

@@ -68,6 +68,7 @@ from training.rlhf.policy import (
     PPOModels,
     build_ppo_models,
     freeze,
+    fuse_activations,
     is_peft_model,
     save_policy,
     tokenizers_compatible,
@@ -482,7 +483,7 @@ def _model_settings(config: PPOConfig, *, frozen_dtype: torch.dtype, reward_mode
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         lora_target_modules=list(config.lora_target_modules), critic_init=config.critic_init,
         frozen_dtype=frozen_dtype, gradient_checkpointing=config.gradient_checkpointing,
-        trust_remote_code=config.trust_remote_code,
+        trust_remote_code=config.trust_remote_code, fused_activations=config.fused_activations,
     )
 
 
@@ -660,15 +661,16 @@ def train_ppo(config: PPOConfig, *, reporter: Reporter | None = None) -> PPOResu
     check_reward_model_formats(config, reward_models)
     models = build_ppo_models(_model_settings(config, frozen_dtype=frozen_dtype, reward_model=reward_models[0]),
                               device=accelerator.device)
-    ensemble = [freeze(RewardModel.from_pretrained(path, dtype=frozen_dtype, device=accelerator.device,
-                                                   trust_remote_code=config.trust_remote_code))
+    fused = fuse_activations if config.fused_activations else (lambda model: model)
+    ensemble = [fused(freeze(RewardModel.from_pretrained(path, dtype=frozen_dtype, device=accelerator.device,
+                                                         trust_remote_code=config.trust_remote_code)))
                 for path in reward_models[1:]]
     if ensemble:
         report.on_log(f"reward model ensemble of {len(reward_models)}: {config.ensemble_combination} of the "
                       f"members' calibrated scores")
-    selection_rm = (freeze(RewardModel.from_pretrained(config.selection_reward_model, dtype=frozen_dtype,
-                                                       device=accelerator.device,
-                                                       trust_remote_code=config.trust_remote_code))
+    selection_rm = (fused(freeze(RewardModel.from_pretrained(config.selection_reward_model, dtype=frozen_dtype,
+                                                             device=accelerator.device,
+                                                             trust_remote_code=config.trust_remote_code)))
                     if select_signal == "held_out_rm" else None)
     try:
         format_prompt(models.tokenizer, "", prompt_format=config.format)  # chat needs the policy's template

@@ -17,6 +17,8 @@ blog "The N Implementation Details of RLHF with PPO", 2023):
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -180,15 +182,40 @@ def eval_mode(*models: Any) -> Iterator[None]:
             model.train(mode)
 
 
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the causal LM's forward takes `logits_to_keep` (transformers' LMs do since 4.50; a peft wrapper
+    passes it through to its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    forward = getattr(model_class, "forward", None)
+    try:
+        return forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return False
+
+
 def causal_lm_logits(model: Any, sequences: Sequences) -> torch.Tensor:
-    """Logits predicting each response token: (B, L, V) sliced to (B, R, V) = columns P − 1 … L − 2."""
+    """Logits predicting each response token: (B, R, V) = the LM head at columns P − 1 … L − 2.
+
+    Where the model allows it (`logits_to_keep`), the LM head runs on the last R + 1 columns only instead of
+    all L: the prompt columns' logits are never used, and the head (V × d) is the largest matrix of a small
+    model, so this saves its forward and backward on the prompt columns."""
+    width = sequences.input_ids.shape[1]
+    keep = width - sequences.context_length + 1
+    extra = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     output = model(
         input_ids=sequences.input_ids,
         attention_mask=sequences.attention_mask,
         position_ids=sequences.position_ids,
         use_cache=False,
+        **extra,
     )
-    return output.logits[:, sequences.context_length - 1 : -1]
+    logits = output.logits
+    return logits[:, logits.shape[1] - keep : -1]
 
 
 def response_logprobs(
