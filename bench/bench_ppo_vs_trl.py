@@ -21,9 +21,14 @@ torch==2.13.0`; torch pinned exactly so no CUDA packages come with it), through 
 next to the results; the reward model is handed over as a backbone + score-head file (calibration folded into
 the head), wrapped the way TRL's `get_reward` expects (`base_model_prefix`, `.score`).
 
-    python bench/bench_ppo_vs_trl.py                     # tiny demo model, 20 iterations each
-    python bench/bench_ppo_vs_trl.py --iterations 40 --update-results
-    python bench/bench_ppo_vs_trl.py --skip-trl          # only this trainer
+    python bench/bench_ppo_vs_trl.py                     # tiny demo model, 20 iterations, 3 interleaved pairs
+    python bench/bench_ppo_vs_trl.py --profile-ops --update-results
+    python bench/bench_ppo_vs_trl.py --skip-trl --pairs 1  # only this trainer, once
+
+The trainers run interleaved (this trainer, TRL, this trainer, TRL, … `--pairs` times): machine drift lands in
+both halves of a pair, and the speed ratio is the median of the pairs' own ratios, shown with their range. Both
+are timed by phase with the same wrappers (generation, the rollout's no-grad forwards, the update and the rest);
+`--profile-ops` adds this trainer's update by op group (torch.profiler, a separate short run).
 
 Both optimise the same reward: TRL's reward model is wrapped so that it reads the RM's text format, prompt +
 response + EOS, also for a response cut at the length limit (TRL on its own would score such a response at its
