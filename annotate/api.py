@@ -49,8 +49,7 @@ def _not_found(exc: TaskNotFound) -> ApiResponse:
 
 
 def _task(request: Request, assignment_id: int) -> Assignment:
-    assignment = get_assignment(annotator=request.user, assignment_id=assignment_id)
-    return Assignment.objects.select_related("prompt__project", "draft").get(pk=assignment.pk)
+    return get_assignment(annotator=request.user, assignment_id=assignment_id, with_draft=True)
 
 
 # --- annotator operations ---------------------------------------------------------------------------------------

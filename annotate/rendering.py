@@ -10,7 +10,9 @@ ranking page also shows it on request ("Show raw").
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from dataclasses import dataclass
 
 import markdown
@@ -143,9 +145,41 @@ def _model_markdown() -> markdown.Markdown:
     return md
 
 
+_thread_state = threading.local()
+
+
+def _reusable_model_markdown() -> markdown.Markdown:
+    """This thread's converter: building one (extensions, Pygments) cost more than converting a response;
+    `reset()` clears what one conversion leaves behind, as Python-Markdown documents for reuse. One per thread:
+    a converter holds per-document state and gunicorn serves with threads."""
+    md = getattr(_thread_state, "model_markdown", None)
+    if md is None:
+        md = _thread_state.model_markdown = _model_markdown()
+    return md.reset()
+
+
+RENDER_CACHE_ENTRIES = 4096
+RENDER_CACHE_MAX_CHARS = 16_384  # longer texts are rendered each time: the cache stays under ~64 MB a process
+
+
 def render_model_markdown(text: str) -> SafeString:
-    """Model output (a prompt or a response) as sanitised Markdown: code highlighted, raw HTML escaped."""
-    html = _model_markdown().convert(scrub_text(text or ""))
+    """Model output (a prompt or a response) as sanitised Markdown: code highlighted, raw HTML escaped.
+
+    Cached by text: the same prompt and responses are shown to every annotator of a prompt (and again on each
+    reload), and the rendering depends on the text alone."""
+    text = text or ""
+    if len(text) <= RENDER_CACHE_MAX_CHARS:
+        return _cached_model_markdown(text)
+    return _model_markdown_html(text)
+
+
+@functools.lru_cache(maxsize=RENDER_CACHE_ENTRIES)
+def _cached_model_markdown(text: str) -> SafeString:
+    return _model_markdown_html(text)
+
+
+def _model_markdown_html(text: str) -> SafeString:
+    html = _reusable_model_markdown().convert(scrub_text(text))
     clean = nh3.clean(
         html,
         tags=_MODEL_TAGS,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, time
 
 from django.core.cache import cache
-from django.db.models import Count, QuerySet, Sum, Value
+from django.db.models import Count, Q, QuerySet, Sum, Value
 from django.db.models.functions import Least
 from django.utils import timezone
 
@@ -85,14 +85,15 @@ def project_progress(*, project: Project, user, now: datetime | None = None) -> 
     if member:  # counted up to a limit: the exact figure past it would cost a scan of the project on every page
         candidates = candidate_prompts(annotator=user, project_ids=[project.pk], now=now)
         available = candidates.values("pk")[:AVAILABLE_COUNT_LIMIT].count()
-    mine = Ranking.objects.filter(prompt__project=project, annotator=user)
+    mine = Ranking.objects.filter(prompt__project=project, annotator=user).aggregate(
+        all=Count("pk"), today=Count("pk", filter=Q(created_at__gte=start_of_today(now))))
     return ProjectProgress(
         project=project,
         prompts=totals["prompts"] or 0,
         rankings_needed=(totals["prompts"] or 0) * per_prompt,
         rankings_done=totals["done"] or 0,
-        mine=mine.count(),
-        mine_today=mine.filter(created_at__gte=start_of_today(now)).count(),
+        mine=mine["all"],
+        mine_today=mine["today"],
         available_to_me=available,
         is_member=member,
     )

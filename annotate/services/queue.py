@@ -286,10 +286,12 @@ def lease_next_task(*, annotator, project: Project | None = None, now: datetime 
             tried.append(prompt.pk)
 
 
-def get_assignment(*, annotator, assignment_id: int) -> Assignment:
-    """The annotator's own assignment; anybody else's (or a missing one) is `TaskNotFound`."""
+def get_assignment(*, annotator, assignment_id: int, with_draft: bool = False) -> Assignment:
+    """The annotator's own assignment (its prompt and project, and its draft with `with_draft`, in the same
+    query); anybody else's (or a missing one) is `TaskNotFound`."""
+    related = ("prompt", "prompt__project", "draft") if with_draft else ("prompt", "prompt__project")
     assignment = (
-        Assignment.objects.select_related("prompt", "prompt__project")
+        Assignment.objects.select_related(*related)
         .filter(pk=assignment_id, annotator_id=annotator.pk)
         .first()
     )

@@ -72,3 +72,18 @@ def test_has_markup_and_excerpt():
     assert all(has_markup(t) for t in ["a *b*", "- item", "1. one", "x | y", "`code`", "# h", "a <b>"])
     assert plain_excerpt("a  b\n c") == "a b c"
     assert plain_excerpt("word " * 100, chars=20) == "word word word word …"
+
+
+def test_a_reused_converter_carries_nothing_from_one_text_to_the_next():
+    from annotate import rendering
+
+    defines = "A [link][ref] here.\n\n[ref]: https://example.com/one"
+    assert 'href="https://example.com/one"' in render_model_markdown(defines)
+    # the same thread's converter, next text: the reference defined above must not resolve here
+    uses = "Only [a reference][ref] without its definition."
+    assert "example.com" not in render_model_markdown(uses)
+    # a text past the cache limit renders the same way as a cached one
+    long_text = "**bold** " + "word " * (rendering.RENDER_CACHE_MAX_CHARS // 5)
+    assert len(long_text) > rendering.RENDER_CACHE_MAX_CHARS
+    assert render_model_markdown(long_text).startswith("<p><strong>bold</strong> word")
+    assert render_model_markdown("**bold**") is render_model_markdown("**bold**")  # cached
