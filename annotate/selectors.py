@@ -84,7 +84,8 @@ def project_progress(*, project: Project, user, now: datetime | None = None) -> 
     available = 0
     if member:  # counted up to a limit: the exact figure past it would cost a scan of the project on every page
         candidates = candidate_prompts(annotator=user, project_ids=[project.pk], now=now)
-        available = candidates.values("pk")[:AVAILABLE_COUNT_LIMIT].count()
+        # unordered: with the queue order the database sorts every open prompt before it stops at the limit
+        available = candidates.order_by().values("pk")[:AVAILABLE_COUNT_LIMIT].count()
     mine = Ranking.objects.filter(prompt__project=project, annotator=user).aggregate(
         all=Count("pk"), today=Count("pk", filter=Q(created_at__gte=start_of_today(now))))
     return ProjectProgress(

@@ -348,6 +348,16 @@ def start_gunicorn(env: dict[str, str], port: int, log: Path) -> subprocess.Pope
     raise RuntimeError("gunicorn did not listen within 90 s")
 
 
+def remove_round(*, project_id: int, round_number: int, chunk: int = 500) -> None:
+    """Delete a round's prompts (and their rows) in chunks: one DELETE of 150k prompts passes SQLite's limit on
+    SQL variables (the import's own clean-up chunks the same way)."""
+    from annotate.models import Prompt
+
+    ids = list(Prompt.objects.filter(project_id=project_id, round=round_number).values_list("pk", flat=True))
+    for start in range(0, len(ids), chunk):
+        Prompt.objects.filter(pk__in=ids[start:start + chunk]).delete()
+
+
 def worker_main(spec: dict) -> list[dict]:
     """Runs in a child process whose environment names the database (Django is set up once per process)."""
     import django
@@ -396,11 +406,10 @@ def worker_main(spec: dict) -> list[dict]:
                 server_5xx_in_log=text.count("Internal Server Error") + text.count("Traceback"),
                 import_records=spec.get("import_records") or 0, import_seconds=tally.import_seconds,
             )
-            if import_path is not None:  # the next run imports the same file again: remove round 2
-                from annotate.models import Prompt
-                Prompt.objects.filter(project_id=world["project"], round=2).delete()
             print("  " + summary_line(result), file=sys.stderr, flush=True)
             results.append(asdict(result))
+            if import_path is not None:  # the next run imports the same file again: remove round 2
+                remove_round(project_id=world["project"], round_number=2)
     return results
 
 
