@@ -54,8 +54,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--size", choices=[s.value for s in DemoSize], default=DemoSize.FULL.value,
-                            help="'full' (the README figure, a few minutes on 2 CPU cores) or 'small' (about a "
-                                 "minute; the tests run it).")
+                            help="'full' (the README figure, a few minutes on 2 CPU cores) or 'small' (under two "
+                                 "minutes; the tests run it).")
         parser.add_argument("--no-serve", action="store_true",
                             help="Run the loop and stop; do not start the web server.")
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Where to serve (default 127.0.0.1:8000).")
